@@ -1,0 +1,196 @@
+"""``ASGIMiddleware``: measure an ASGI 3 application and serve its metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from . import options as _options
+from .exposition import allowed
+from .integrations import route_from_scope
+from .recorder import P_DISCONNECTS, P_WEBSOCKETS, UNMATCHED, Active, Recorder
+from .request_start import queue_wait, queue_wait_one
+
+log = logging.getLogger("workermeter")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_START_HEADERS = (b"x-request-start", b"x-queue-start")
+_FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
+
+
+class ASGIMiddleware:
+    """Measures every HTTP request of an ASGI application: queue wait, service time, CPU share,
+    concurrency and busy time, written to a store that all worker processes share.
+
+    A request ends when the application returns. Lifespan events pass through untouched;
+    WebSocket connections pass through and are counted as open connections, not requests.
+    ``GET /metrics`` is answered as by :class:`~workermeter.WSGIMiddleware`, with the same options.
+
+    FastAPI / Starlette::
+
+        app.add_middleware(ASGIMiddleware)
+
+    Django (``asgi.py``)::
+
+        application = ASGIMiddleware(get_asgi_application())
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        route: Callable[[Scope], str | None] | None = None,
+        threads: int | None = None,
+        metrics_path: str | None = "/metrics",
+        token: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        route_limit: int = 200,
+        cpu_sample: int = 16,
+        max_skew: float = 2.0,
+        max_age: float = 600.0,
+        recorder: Recorder | None = None,
+    ) -> None:
+        if not callable(app):
+            raise ValueError(f"ASGIMiddleware wraps an ASGI application (a callable), got {app!r}")
+        opts = _options.build(
+            route=route, threads=threads, metrics_path=metrics_path, token=token,
+            directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
+            max_skew=max_skew, max_age=max_age, recorder=recorder,
+        )  # fmt: skip
+        self.app = app
+        self.route = route or route_from_scope
+        self.recorder = opts.recorder
+        self._opts = opts
+        self._metrics_path = opts.metrics_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if scope["path"] == self._metrics_path:
+            await self._metrics(scope, send)
+            return
+        rec = self.recorder
+        t0 = rec.clock()
+        active = rec.active or self._activate()
+        lane = active.lane()
+        cpu0 = rec.cpu_clock() if lane.sample_cpu() else None
+        start: Any = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-start" or name == b"x-queue-start":
+                start = value if start is None else (start, value)
+        if start is not None:
+            self._queue(start, lane_queue=lane.queue_wait)
+        active.begin(t0)
+        status = 0
+        complete = False
+
+        async def send_(message: Message) -> None:
+            nonlocal status, complete
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                complete = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_)
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            t1 = rec.clock()
+            cpu = rec.cpu_clock() - cpu0 if cpu0 is not None else None
+            try:
+                route = self.route(scope) or UNMATCHED
+            except Exception:  # a user's route function must not break the response
+                log.exception("workermeter: route function failed")
+                route = UNMATCHED
+            if not complete and status != 500:
+                lane.count(P_DISCONNECTS)
+            lane.request(route, scope.get("method", ""), status, t1 - t0, cpu)
+            active.end(t1)
+
+    def _queue(self, start: Any, lane_queue: Callable[[float | None, str | None], None]) -> None:
+        opts = self._opts
+        now = self.recorder.wall_clock()
+        if isinstance(start, bytes):
+            result = queue_wait_one(
+                start.decode("latin-1"), now, max_skew=opts.max_skew, max_age=opts.max_age
+            )
+        else:
+            result = queue_wait(
+                [v.decode("latin-1") for v in _flatten(start)], now,
+                max_skew=opts.max_skew, max_age=opts.max_age,
+            )  # fmt: skip
+        lane_queue(*result)
+
+    def _activate(self) -> Active:
+        rec = self.recorder
+        if rec.threads is None:
+            log.warning(
+                "workermeter: the capacity of an ASGI worker is not known; pass threads=N to "
+                "ASGIMiddleware for utilisation to be computed"
+            )
+        # Requests of one event loop run in one thread: the level needs no lock.
+        return rec.activate(multithread=False, capacity=None)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        active = self.recorder.active or self._activate()
+        active.lane().count(P_WEBSOCKETS)
+        active.websocket(1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            active.websocket(-1)
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        headers = dict(scope.get("headers") or ())
+        client = scope.get("client")
+        forwarded = any(h in headers for h in _FORWARDING)
+        auth = headers.get(b"authorization")
+        ok = scope.get("method") in ("GET", "HEAD") and allowed(
+            self._opts.token,
+            client[0] if client else None,
+            forwarded,
+            auth.decode("latin-1") if auth is not None else None,
+        )
+        if ok:
+            accept = headers.get(b"accept")
+            body, content_type = self._opts.exposition.render(
+                accept.decode("latin-1") if accept is not None else None
+            )
+            status = 200
+        else:
+            body, content_type, status = b"Not Found\n", "text/plain", 404
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        })
+        await send({
+            "type": "http.response.body",
+            "body": b"" if scope.get("method") == "HEAD" else body,
+        })
+
+
+def _flatten(start: Any) -> list[bytes]:
+    if isinstance(start, bytes):
+        return [start]
+    first, last = start
+    return [*_flatten(first), last]

@@ -1,0 +1,81 @@
+"""Which server instance this process belongs to, so its workers find one shared store.
+
+The workers of one pre-fork server (gunicorn, uvicorn --workers, uWSGI) all hold the same
+listening socket, inherited or passed from the master. The socket's inode names the instance: it
+is the same in every worker, survives worker replacement, and differs between two servers on the
+same machine. A process with no listening socket is an instance of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .store import default_base, ensure_private_dir
+
+ENV_DIR = "WORKERMETER_DIR"
+
+
+def socket_inodes(proc: Path = Path("/proc"), pid: str = "self") -> set[int]:
+    """Inodes of the sockets this process has open."""
+    inodes: set[int] = set()
+    fd_dir = proc / pid / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:  # no /proc (not Linux) or no permission
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(fd_dir / name)
+        except OSError:  # the descriptor was closed while we listed them
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def listening_inodes(proc: Path = Path("/proc"), pid: str = "self") -> list[int]:
+    """Inodes of the listening TCP and Unix sockets this process holds, sorted."""
+    mine = socket_inodes(proc, pid)
+    if not mine:
+        return []
+    listening: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        for fields in _table(proc / pid / "net" / table):
+            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode; st 0A is LISTEN
+            if len(fields) > 9 and fields[3] == "0A" and fields[9].isdigit():
+                listening.add(int(fields[9]))
+    for fields in _table(proc / pid / "net" / "unix"):
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON
+        if len(fields) > 6 and fields[6].isdigit():
+            try:
+                flags = int(fields[3], 16)
+            except ValueError:
+                continue
+            if flags & 0x10000:
+                listening.add(int(fields[6]))
+    return sorted(mine & listening)
+
+
+def _table(path: Path) -> list[list[str]]:
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:  # absent on this kernel, or the IPv6 table when IPv6 is disabled
+        return []
+    return [line.split() for line in lines]
+
+
+def instance_key(proc: Path = Path("/proc")) -> str:
+    inodes = listening_inodes(proc)
+    if inodes:
+        return "sock-" + "-".join(str(i) for i in inodes[:4])
+    return f"pid-{os.getpid()}"
+
+
+def default_directory() -> Path:
+    """The store directory: ``$WORKERMETER_DIR`` if set, else one per server instance."""
+    env = os.environ.get(ENV_DIR)
+    if env:
+        return Path(env)
+    return ensure_private_dir(default_base()) / instance_key()

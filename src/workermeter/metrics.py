@@ -1,0 +1,156 @@
+"""The metric contract: every metric workermeter exposes, declared once.
+
+The exposition, the documentation, the Grafana dashboard and the alert rules all use these names;
+a test checks that nothing else uses a name that is not declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+# Upper bounds in seconds, shared by queue wait and request duration: fine steps from 1 ms to 1 s,
+# then on past nginx's default 60 s proxy timeout so histogram_quantile() stays meaningful in overload.
+BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
+    0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
+    7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0,
+)  # fmt: skip
+BUCKETS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in BUCKETS)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One exposed metric family: its name (without ``_total``/``_bucket`` suffixes), type,
+    labels, unit and meaning."""
+
+    name: str
+    kind: Kind
+    labels: tuple[str, ...]
+    unit: str
+    help: str
+
+
+# Label sets.
+_ROUTE = ("route", "method")
+_WORKER = ("worker",)
+
+REQUESTS = Metric(
+    "workermeter_requests", "counter", ("route", "method", "status"), "requests",
+    "Requests completed, by route template, method and status class (2xx, 4xx, 5xx...).",
+)
+DURATION = Metric(
+    "workermeter_request_duration_seconds", "histogram", _ROUTE, "seconds",
+    "Service time: from the app being called until the response body is fully sent.",
+)
+QUEUE_WAIT = Metric(
+    "workermeter_queue_wait_seconds", "histogram", (), "seconds",
+    "Time between the proxy stamping X-Request-Start and the app being called.",
+)
+QUEUE_SKEW = Metric(
+    "workermeter_queue_wait_clock_skew", "counter", (), "requests",
+    "Requests whose proxy timestamp was slightly in the future (clock skew), observed as 0.",
+)
+QUEUE_REJECTED = Metric(
+    "workermeter_queue_wait_rejected", "counter", ("reason",), "requests",
+    "Request-start headers not observed: unparsable, future or too_old. A steady rate means a "
+    "misconfigured proxy.",
+)
+CPU = Metric(
+    "workermeter_sampled_cpu_seconds", "counter", ("route",), "seconds",
+    "Thread CPU time of the sampled requests of a route.",
+)
+CPU_WALL = Metric(
+    "workermeter_sampled_duration_seconds", "counter", ("route",), "seconds",
+    "Service time of the same sampled requests; CPU share = rate(cpu) / rate(this).",
+)
+DISCONNECTS = Metric(
+    "workermeter_client_disconnects", "counter", (), "requests",
+    "Requests whose client went away before the response was complete.",
+)
+WEBSOCKETS = Metric(
+    "workermeter_websocket_connections", "counter", (), "connections",
+    "WebSocket connections accepted (not counted as requests).",
+)
+CAPACITY = Metric(
+    "workermeter_capacity_threads", "gauge", _WORKER, "slots",
+    "Requests one worker process can serve at once (threads). Absent when unknown.",
+)
+CAPACITY_KNOWN = Metric(
+    "workermeter_capacity_detected", "gauge", _WORKER, "",
+    "1 when the worker's capacity is known (threads= option or detected), 0 when it is not.",
+)
+IN_FLIGHT = Metric(
+    "workermeter_in_flight_requests", "gauge", _WORKER, "requests",
+    "Requests being served right now.",
+)
+OPEN_WEBSOCKETS = Metric(
+    "workermeter_open_websockets", "gauge", _WORKER, "connections",
+    "WebSocket connections open right now.",
+)
+BUSY = Metric(
+    "workermeter_busy_seconds", "counter", _WORKER, "seconds",
+    "Slot-seconds spent serving requests, including the elapsed part of running ones. "
+    "rate() of it over capacity is utilisation.",
+)
+ALL_BUSY = Metric(
+    "workermeter_all_slots_busy_seconds", "counter", _WORKER, "seconds",
+    "Seconds during which every slot of the worker was busy.",
+)
+BUSY_SLOTS = Metric(
+    "workermeter_busy_slots_seconds", "counter", ("worker", "busy"), "seconds",
+    "Seconds spent with exactly `busy` requests in flight: the time-weighted distribution of "
+    "concurrency.",
+)
+WORKER_START = Metric(
+    "workermeter_worker_start_time_seconds", "gauge", _WORKER, "seconds",
+    "Unix time the worker process started recording.",
+)
+WORKER_PID = Metric(
+    "workermeter_worker_pid", "gauge", _WORKER, "",
+    "Process id of the live worker holding this slot.",
+)
+WORKERS = Metric(
+    "workermeter_workers", "gauge", (), "processes",
+    "Live worker processes writing to this store.",
+)
+RSS = Metric(
+    "workermeter_process_resident_memory_bytes", "gauge", _WORKER, "bytes",
+    "Resident set size of the worker process.",
+)
+USS = Metric(
+    "workermeter_process_unique_memory_bytes", "gauge", _WORKER, "bytes",
+    "Unique set size: memory freed if the worker process exited.",
+)
+PROCESS_CPU = Metric(
+    "workermeter_process_cpu_seconds", "counter", _WORKER, "seconds",
+    "User + system CPU time of the worker process (restarts with the process).",
+)
+HOST_MEMORY = Metric(
+    "workermeter_host_memory_total_bytes", "gauge", (), "bytes", "Physical memory of the host.",
+)
+HOST_AVAILABLE = Metric(
+    "workermeter_host_memory_available_bytes", "gauge", (), "bytes",
+    "Memory available for new processes without swapping.",
+)
+HOST_CPUS = Metric(
+    "workermeter_host_cpu_count", "gauge", (), "cores", "Logical CPUs the host has.",
+)
+
+METRICS: tuple[Metric, ...] = (
+    REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, CPU, CPU_WALL, DISCONNECTS,
+    WEBSOCKETS, CAPACITY, CAPACITY_KNOWN, IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS,
+    WORKER_START, WORKER_PID, WORKERS, RSS, USS, PROCESS_CPU, HOST_MEMORY, HOST_AVAILABLE,
+    HOST_CPUS,
+)  # fmt: skip
+
+
+def sample_names(metric: Metric) -> tuple[str, ...]:
+    """The series names a metric produces in the Prometheus text format."""
+    if metric.kind == "counter":
+        return (metric.name + "_total",)
+    if metric.kind == "histogram":
+        return tuple(metric.name + s for s in ("_bucket", "_sum", "_count"))
+    return (metric.name,)

@@ -1,0 +1,281 @@
+"""The recorder: what the middleware calls at the start and end of every request.
+
+Each thread records into its own *lane* of the process's region, so counters and histograms need
+no lock. Only the concurrency level (how many requests are in flight) is shared by the threads of
+a process; for threaded servers its update at request start and end is one short critical section,
+for single-threaded workers and event loops there is none.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from . import store as _store
+from .metrics import BUCKETS_NS
+from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE
+
+NBUCKETS = len(BUCKETS_NS) + 1  # the last one is +Inf
+
+# ROUTE record values.
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+R_DURATION = len(STATUS_CLASSES)
+R_SUM = R_DURATION + NBUCKETS
+R_CPU = R_SUM + 1
+R_CPU_WALL = R_CPU + 1
+ROUTE_VALUES = R_CPU_WALL + 1
+
+# PROCESS record values (one record per lane).
+P_QUEUE = 0
+P_QUEUE_SUM = P_QUEUE + NBUCKETS
+P_SKEW = P_QUEUE_SUM + 1
+REJECT_REASONS = (UNPARSABLE, FUTURE, TOO_OLD)
+P_REJECTED = P_SKEW + 1
+P_DISCONNECTS = P_REJECTED + len(REJECT_REASONS)
+P_WEBSOCKETS = P_DISCONNECTS + 1
+PROCESS_VALUES = P_WEBSOCKETS + 1
+
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+UNMATCHED = "<unmatched>"
+OTHER = "<other>"
+
+bucket_of = bisect.bisect_left
+
+
+def status_index(status: int) -> int:
+    """Index into STATUS_CLASSES for an HTTP status code."""
+    return status // 100 - 1 if 100 <= status < 600 else 5
+
+
+class Lane:
+    """One thread's records: a process record and one record per (route, method).
+
+    Only the thread that owns the lane writes to it.
+    """
+
+    __slots__ = ("active", "index", "proc", "proc_base", "routes", "sampled")
+
+    def __init__(self, active: Active, index: int) -> None:
+        self.active = active
+        self.index = index
+        self.routes: dict[tuple[str, str], tuple[memoryview, int]] = {}
+        self.sampled = 0
+        self.proc, self.proc_base = active.region.allocate(
+            _store.PROCESS, "", index, PROCESS_VALUES
+        )
+
+    def queue_wait(self, wait: float | None, problem: str | None) -> None:
+        """Record the outcome of parsing the request-start headers."""
+        w, base = self.proc, self.proc_base
+        if wait is not None:
+            ns = int(wait * 1e9)
+            w[base + bucket_of(BUCKETS_NS, ns)] += 1
+            w[base + P_QUEUE_SUM] += ns
+            if problem is SKEW:
+                w[base + P_SKEW] += 1
+        elif problem is not None:
+            w[base + P_REJECTED + REJECT_REASONS.index(problem)] += 1
+
+    def request(
+        self, route: str, method: str, status: int, duration: int, cpu: int | None = None
+    ) -> None:
+        """Record a finished request; ``cpu`` is its thread CPU time when it was sampled."""
+        if method not in METHODS:
+            method = "OTHER"
+        slot = self.routes.get((route, method))
+        if slot is None:
+            slot = self.active.route_record(self, route, method)
+        w, base = slot
+        w[base + status_index(status)] += 1
+        w[base + R_DURATION + bucket_of(BUCKETS_NS, duration)] += 1
+        w[base + R_SUM] += duration
+        if cpu is not None:
+            w[base + R_CPU] += cpu
+            w[base + R_CPU_WALL] += duration
+
+    def sample_cpu(self) -> bool:
+        """Whether this request's CPU time is to be measured (1 in ``cpu_sample``)."""
+        every = self.active.cpu_sample
+        if not every:
+            return False
+        n = self.sampled + 1
+        if n >= every:
+            self.sampled = 0
+            return True
+        self.sampled = n
+        return False
+
+    def count(self, offset: int) -> None:
+        self.proc[self.proc_base + offset] += 1
+
+
+class Active:
+    """The recorder's state in one process: its region, lanes and concurrency level."""
+
+    def __init__(self, recorder: Recorder, *, multithread: bool, capacity: int | None) -> None:
+        self.region = recorder.store().attach(capacity=recorder.threads or capacity or 0)
+        self.header = self.region.header
+        self.cpu_sample = recorder.cpu_sample
+        self.route_limit = recorder.route_limit
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._lanes: list[Lane] = []
+        self._free: list[int] = []
+        self._routes: set[str] = set()
+        self.level = 0
+        # Only threads share the level; an event loop or a sync worker needs no lock.
+        self.level_lock = threading.Lock() if multithread else None
+        self._enter = [0] * (_store.MAX_LEVEL + 1)
+        self._above = [0] * (_store.MAX_LEVEL + 1)
+
+    def lane(self) -> Lane:
+        try:
+            return self._local.lane  # type: ignore[no-any-return]
+        except AttributeError:
+            return self._new_lane()
+
+    def _new_lane(self) -> Lane:
+        with self._lock:
+            if self._free:
+                lane = self._lanes[self._free.pop()]
+            else:
+                lane = Lane(self, len(self._lanes))
+                self._lanes.append(lane)
+        self._local.lane = lane
+        # The lane, records and all, passes to a new thread when this one ends.
+        self._local.holder = holder = _LaneHolder()
+        weakref.finalize(holder, self._free.append, lane.index)
+        return lane
+
+    def route_record(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
+        """Allocate a lane's record for a route, keeping the number of routes bounded."""
+        name = route
+        with self._lock:
+            if name not in self._routes:
+                if len(self._routes) >= self.route_limit:
+                    name = OTHER
+                self._routes.add(name)
+        slot = self.region.allocate(_store.ROUTE, f"{name}\0{method}", lane.index, ROUTE_VALUES)
+        lane.routes[(route, method)] = slot
+        return slot
+
+    def begin(self, now: int) -> None:
+        """A request starts: the level rises by one."""
+        lock = self.level_lock
+        if lock is not None:
+            with lock:
+                self._rise(now)
+        else:
+            self._rise(now)
+
+    def end(self, now: int) -> None:
+        """A request ends: time spent at the top level is banked and the level falls by one."""
+        lock = self.level_lock
+        if lock is not None:
+            with lock:
+                self._fall(now)
+        else:
+            self._fall(now)
+
+    def _rise(self, now: int) -> None:
+        h = self.header
+        level = self.level + 1
+        if level <= _store.MAX_LEVEL:
+            self._enter[level] = now
+            h[_store.ENTER + level] = now  # before LEVEL: see store._above_now
+        self.level = level
+        h[_store.H_LEVEL] = level
+
+    def _fall(self, now: int) -> None:
+        h = self.header
+        level = self.level
+        if 0 < level <= _store.MAX_LEVEL:
+            total = self._above[level] + now - self._enter[level]
+            self._above[level] = total
+            h[_store.ABOVE + level] = total  # before LEVEL: see store._above_now
+        self.level = level - 1
+        h[_store.H_LEVEL] = level - 1
+
+    def websocket(self, delta: int) -> None:
+        with self._lock:
+            self.header[_store.H_WEBSOCKETS] += delta
+
+
+class _LaneHolder:
+    """Lives in a thread's local storage; its finalizer frees the lane when the thread ends."""
+
+
+class Recorder:
+    """Records the requests of every process of one server into a store directory.
+
+    Creating it touches nothing. A process attaches on its first request, which in a pre-fork
+    server happens in the worker, after the fork; a child forked from a process that has recorded
+    starts over with an empty region of its own.
+
+    ``threads`` is the number of requests one process serves at once, when the server cannot be
+    asked. ``route_limit`` caps distinct route labels (more become ``<other>``). One request in
+    ``cpu_sample`` has its thread CPU time measured (0: none). The clocks are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        directory: Path | Callable[[], Path],
+        threads: int | None = None,
+        route_limit: int = 200,
+        cpu_sample: int = 16,
+        clock: Callable[[], int] = time.perf_counter_ns,
+        wall_clock: Callable[[], float] = time.time,
+        cpu_clock: Callable[[], int] = time.thread_time_ns,
+    ) -> None:
+        _check_int("threads", threads, 1, "requests one worker process serves at once", none=True)
+        _check_int("route_limit", route_limit, 1, "distinct route labels to keep")
+        _check_int("cpu_sample", cpu_sample, 0, "1 in N requests gets its CPU time measured; 0: none")
+        self._directory = directory
+        self.threads = threads
+        self.route_limit = route_limit
+        self.cpu_sample = cpu_sample
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.cpu_clock = cpu_clock
+        self.active: Active | None = None
+        self._store: _store.Store | None = None
+        self._lock = threading.Lock()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: _forget_after_fork(ref))
+
+    def store(self) -> _store.Store:
+        """The store directory, created on first use."""
+        if self._store is None:
+            d = self._directory
+            self._store = _store.Store(d() if callable(d) else d, clock=self.clock)
+        return self._store
+
+    def activate(self, *, multithread: bool, capacity: int | None) -> Active:
+        """Attach this process to the store; called with its first request."""
+        with self._lock:
+            if self.active is None:
+                self.active = Active(self, multithread=multithread, capacity=capacity)
+            return self.active
+
+
+def _check_int(name: str, value: object, low: int, meaning: str, *, none: bool = False) -> None:
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low} ({meaning}), got {value!r}")
+
+
+def _forget_after_fork(ref: weakref.ref[Recorder]) -> None:
+    recorder = ref()
+    if recorder is None:
+        return
+    recorder._lock = threading.Lock()  # another thread may have held it at the fork
+    if recorder.active is not None:
+        recorder.active.region.abandon()
+        recorder.active = None

@@ -1,0 +1,526 @@
+"""The shared store: one memory-mapped region per worker process, merged at scrape time.
+
+Layout of a store directory (private to the user, mode 0700)::
+
+    slot-3.lock          held (flock) by the live worker that uses slot index 3
+    w3-12345-0.wm        chunk 0 of worker pid 12345 in slot 3: header, concurrency levels, records
+    w3-12345-1.wm        further chunks when the first one is full
+    archive.wm           totals of workers that have exited, merged when they are found dead
+    dir.lock             scrapers hold it shared while reading, exclusive while merging the dead
+
+A region is written only by its own process, and every record in it only by one thread (a
+*lane*), so the hot path needs no lock: values are plain 64-bit integers written through a
+``memoryview`` of the mapping. A worker holds an exclusive ``flock`` on its chunk 0 for its whole
+life; the kernel drops it when the process dies, even by SIGKILL, which is how a scrape tells the
+dead from the living. Counters of the dead are moved into the archive, so totals never go
+backwards while the number of files stays bounded by the number of live workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import mmap
+import os
+import re
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("workermeter")
+
+MAGIC = int.from_bytes(b"WMSTORE1", "little")
+CHUNK_BYTES = 1 << 20
+CHUNK_WORDS = CHUNK_BYTES // 8
+
+# Header words, in every chunk.
+H_MAGIC = 0
+H_USED = 1  # words in use; records are published by advancing it
+H_PID = 2
+H_SLOT = 3
+H_CAPACITY = 4  # slots (threads) per process, 0 when unknown
+H_START_WALL_NS = 5
+H_START_MONO_NS = 6
+H_LEVEL = 7  # requests in flight
+H_WEBSOCKETS = 8  # websocket connections open
+HEADER_WORDS = 16
+
+# Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
+# ABOVE[k]: nanoseconds spent with at least k requests in flight, up to the last fall below k.
+MAX_LEVEL = 1024
+ENTER = HEADER_WORDS
+ABOVE = ENTER + MAX_LEVEL + 1
+FIRST_RECORD = ABOVE + MAX_LEVEL + 1
+
+# Record kinds.
+ROUTE = 1  # key "route\0method"
+PROCESS = 2  # key ""
+LEVELS = 3  # archive only, key: slot; values: ABOVE[0..MAX_LEVEL], ABOVE[0] being total time
+FOLDED = 4  # archive only, key: identity of a dead worker already merged, no values
+RECORD_HEADER = 4  # words: length in words, kind, lane, key bytes
+
+_NAME = re.compile(r"w(\d+)-(\d+)-(\d+)\.wm\Z")
+_PACK = struct.Struct("<4q")
+
+
+def _open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) or check that an existing one is ours and private.
+
+    Raises ``ValueError`` saying what to do when the directory is a symlink, is not a directory,
+    or belongs to another user.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise ValueError(f"workermeter store {path} must be a real directory, not a symlink or file")
+    if st.st_uid != os.geteuid():
+        raise ValueError(
+            f"workermeter store {path} belongs to uid {st.st_uid}, not to this user; "
+            "set WORKERMETER_DIR to a directory you own"
+        )
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def default_base() -> Path:
+    """Where stores live unless WORKERMETER_DIR says otherwise: RAM-backed when possible."""
+    shm = Path("/dev/shm")
+    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    return root / f"workermeter-{os.geteuid()}"
+
+
+class Chunk:
+    """One mapped file of a region; ``words`` is the writable view used by the hot path."""
+
+    __slots__ = ("fd", "mm", "words")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.mm = mmap.mmap(fd, CHUNK_BYTES)
+        self.words = memoryview(self.mm).cast("q")
+
+    def close(self) -> None:
+        self.words.release()
+        self.mm.close()
+        os.close(self.fd)
+
+
+class Region:
+    """The part of the store one worker process writes."""
+
+    def __init__(self, directory: Path, *, capacity: int, clock: Callable[[], int]) -> None:
+        self.directory = directory
+        self.pid = os.getpid()
+        self._alloc_lock = threading.Lock()
+        self._slot_fd, self.slot = _claim_slot(directory)
+        self._chunks: list[Chunk] = []
+        try:
+            first = self._new_chunk()
+        except BaseException:
+            os.close(self._slot_fd)
+            raise
+        h = first.words
+        h[H_CAPACITY] = capacity
+        h[H_START_WALL_NS] = time.time_ns()
+        h[H_START_MONO_NS] = clock()
+        self.header = h
+        # Chunk 0 is published under its final name only once locked and filled in, so a scrape
+        # never mistakes a worker being born for a dead one.
+        os.rename(self._path(0, temp=True), self._path(0))
+
+    def _path(self, index: int, *, temp: bool = False) -> Path:
+        name = f"w{self.slot}-{self.pid}-{index}.wm"
+        return self.directory / (f".{name}.tmp" if temp else name)
+
+    def _new_chunk(self) -> Chunk:
+        index = len(self._chunks)
+        path = self._path(index, temp=index == 0)
+        fd = _open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        try:
+            os.ftruncate(fd, CHUNK_BYTES)
+            if index == 0:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            chunk = Chunk(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        w = chunk.words
+        w[H_PID] = self.pid
+        w[H_SLOT] = self.slot
+        w[H_USED] = FIRST_RECORD if index == 0 else HEADER_WORDS
+        w[H_MAGIC] = MAGIC
+        self._chunks.append(chunk)
+        return chunk
+
+    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> tuple[memoryview, int]:
+        """Append a zeroed record and return the view and index of its first value."""
+        raw = key.encode()
+        key_words = (len(raw) + 7) // 8
+        size = RECORD_HEADER + key_words + nvalues
+        if size + HEADER_WORDS > CHUNK_WORDS:
+            raise ValueError(f"record too large for the store: {key[:80]!r}")
+        with self._alloc_lock:
+            chunk = self._chunks[-1]
+            used = chunk.words[H_USED]
+            if used + size > CHUNK_WORDS:
+                chunk = self._new_chunk()
+                used = HEADER_WORDS
+            w = chunk.words
+            start = used * 8
+            chunk.mm[start : start + 32] = _PACK.pack(size, kind, lane, len(raw))
+            chunk.mm[start + 32 : start + 32 + len(raw)] = raw
+            w[H_USED] = used + size  # publish
+            return w, used + RECORD_HEADER + key_words
+
+    def abandon(self) -> None:
+        """Forget the region without touching the files: for a child process after fork.
+
+        The descriptors are shared with the parent, whose locks stay held through its copies.
+        """
+        for chunk in self._chunks:
+            chunk.close()
+        os.close(self._slot_fd)
+        self._chunks.clear()
+
+
+def _claim_slot(directory: Path) -> tuple[int, int]:
+    """Lock the lowest free slot index: indexes are reused when a worker is replaced."""
+    for slot in range(65536):
+        fd = _open_nofollow(directory / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return fd, slot
+    raise RuntimeError(f"no free worker slot in {directory}")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class WorkerState:
+    """One live worker as a scrape sees it."""
+
+    slot: int
+    pid: int
+    capacity: int
+    start_wall: float
+    level: int
+    websockets: int
+    above_ns: list[int]  # above_ns[k]: ns with at least k in flight; [0] is the time observed
+
+
+@dataclass
+class Snapshot:
+    """Everything in a store at one moment: live workers plus the merged records of all."""
+
+    workers: list[WorkerState] = field(default_factory=list)
+    records: dict[tuple[int, str], list[int]] = field(default_factory=dict)
+    # Levels of every slot ever seen (dead workers' included), to keep per-worker counters rising.
+    levels: dict[int, list[int]] = field(default_factory=dict)
+    folded: set[str] = field(default_factory=set)
+
+    def add_record(self, kind: int, key: str, values: memoryview | list[int]) -> None:
+        have = self.records.get((kind, key))
+        if have is None:
+            self.records[(kind, key)] = list(values)
+        else:
+            for i, v in enumerate(values[: len(have)]):
+                have[i] += v
+
+    def add_levels(self, slot: int, above: list[int]) -> None:
+        have = self.levels.get(slot)
+        if have is None:
+            self.levels[slot] = list(above)
+        else:
+            for i, v in enumerate(above):
+                have[i] += v
+
+
+def _read_words(path: Path) -> memoryview | None:
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except OSError:  # vanished between listing and opening: a worker just folded it away
+        return None
+    try:
+        return _read_fd(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int, path: Path) -> memoryview | None:
+    head = os.pread(fd, HEADER_WORDS * 8, 0)
+    if len(head) < HEADER_WORDS * 8:
+        _warn_once(path, "too short")
+        return None
+    h = memoryview(head).cast("q")
+    used = h[H_USED]
+    if h[H_MAGIC] != MAGIC or not HEADER_WORDS <= used <= CHUNK_WORDS:
+        _warn_once(path, "not a workermeter store file")
+        return None
+    data = os.pread(fd, used * 8, 0)
+    if len(data) < used * 8:
+        _warn_once(path, "truncated")
+        return None
+    return memoryview(data).cast("q")
+
+
+def _records(words: memoryview, first: int, path: Path) -> Iterator[tuple[int, str, memoryview]]:
+    used = words[H_USED]
+    pos = first
+    raw = words.cast("B")
+    while pos < used:
+        size, kind, _lane, key_len = words[pos : pos + RECORD_HEADER]
+        key_words = (key_len + 7) // 8
+        if kind not in (ROUTE, PROCESS, LEVELS, FOLDED) or key_len < 0 or size < RECORD_HEADER + key_words:
+            _warn_once(path, f"corrupt record at word {pos}")
+            return
+        if pos + size > used:
+            _warn_once(path, f"record past the end at word {pos}")
+            return
+        start = (pos + RECORD_HEADER) * 8
+        try:
+            key = bytes(raw[start : start + key_len]).decode()
+        except UnicodeDecodeError:
+            _warn_once(path, f"corrupt key at word {pos}")
+            return
+        yield kind, key, words[pos + RECORD_HEADER + key_words : pos + size]
+        pos += size
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: Path, why: str) -> None:
+    if (str(path), why) not in _warned:
+        _warned.add((str(path), why))
+        log.warning("workermeter: skipping %s: %s", path, why)
+
+
+def _above_now(words: memoryview, now: int) -> list[int]:
+    """ABOVE[] of a worker as of ``now``, counting the elapsed part of requests in flight.
+
+    LEVEL is read before ENTER/ABOVE and the writer updates ABOVE before lowering LEVEL, so a
+    racing read can only overcount by nanoseconds, never make a counter go backwards.
+    """
+    level = min(max(words[H_LEVEL], 0), MAX_LEVEL)
+    above = list(words[ABOVE : ABOVE + MAX_LEVEL + 1])
+    above[0] = max(now - words[H_START_MONO_NS], 0)
+    for k in range(1, level + 1):
+        above[k] += max(now - words[ENTER + k], 0)
+    return above
+
+
+class Store:
+    """A store directory: workers attach to it, scrapes collect from it."""
+
+    def __init__(self, directory: Path, *, clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.directory = ensure_private_dir(directory)
+        self.clock = clock
+
+    def attach(self, *, capacity: int) -> Region:
+        return Region(self.directory, capacity=capacity, clock=self.clock)
+
+    @contextlib.contextmanager
+    def _dir_lock(self, how: int) -> Iterator[None]:
+        fd = _open_nofollow(self.directory / "dir.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)
+
+    def collect(self) -> Snapshot:
+        """Merge the archive and every live worker; fold dead workers into the archive first."""
+        with self._dir_lock(fcntl.LOCK_SH):
+            snap, dead = self._read_all()
+        if not dead:
+            return snap
+        with self._dir_lock(fcntl.LOCK_EX):
+            self._fold_dead()
+        with self._dir_lock(fcntl.LOCK_SH):
+            snap, _ = self._read_all()
+        return snap
+
+    def _chunk_files(self) -> dict[tuple[int, int], list[Path]]:
+        """Chunk files grouped by (slot, pid), chunk 0 first."""
+        found: dict[tuple[int, int], list[tuple[int, Path]]] = {}
+        for entry in os.scandir(self.directory):
+            m = _NAME.match(entry.name)
+            if m:
+                slot, pid, index = (int(g) for g in m.groups())
+                found.setdefault((slot, pid), []).append((index, Path(entry.path)))
+        return {k: [p for _, p in sorted(v)] for k, v in found.items()}
+
+    def _read_all(self) -> tuple[Snapshot, bool]:
+        snap = Snapshot()
+        archive = _read_words(self.directory / "archive.wm")
+        if archive is not None:
+            self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
+        now = self.clock()
+        dead = False
+        for (slot, pid), paths in sorted(self._chunk_files().items()):
+            if not paths[0].name.endswith("-0.wm"):
+                continue  # a chunk left behind by a folded worker that died mid-fold
+            alive = _is_alive(paths[0])
+            if alive is None:
+                continue
+            if not alive:
+                dead = True
+                continue
+            self._merge_worker(snap, slot, paths, now, live=True)
+        return snap, dead
+
+    def _merge_worker(
+        self, snap: Snapshot, slot: int, paths: list[Path], now: int, *, live: bool
+    ) -> None:
+        for index, path in enumerate(paths):
+            words = _read_words(path)
+            if words is None:
+                continue
+            if index == 0:
+                above = _above_now(words, now)
+                snap.add_levels(slot, above)
+                if live:
+                    snap.workers.append(
+                        WorkerState(
+                            slot=slot,
+                            pid=words[H_PID],
+                            capacity=words[H_CAPACITY],
+                            start_wall=words[H_START_WALL_NS] / 1e9,
+                            level=words[H_LEVEL],
+                            websockets=words[H_WEBSOCKETS],
+                            above_ns=above,
+                        )
+                    )
+            self._merge(snap, words, FIRST_RECORD if index == 0 else HEADER_WORDS, path)
+
+    def _merge(self, snap: Snapshot, words: memoryview, first: int, path: Path) -> None:
+        for kind, key, values in _records(words, first, path):
+            if kind == FOLDED:
+                snap.folded.add(key)
+            elif kind == LEVELS:
+                try:
+                    snap.add_levels(int(key), list(values))
+                except ValueError:
+                    _warn_once(path, f"bad slot key {key!r}")
+            else:
+                snap.add_record(kind, key, values)
+
+    def _fold_dead(self) -> None:
+        """Move every dead worker's totals into the archive and delete its files.
+
+        The elapsed part of requests a worker was serving when it died is counted up to now:
+        at most the time since its death too much, never less than a scrape already reported.
+        """
+        archive_path = self.directory / "archive.wm"
+        snap = Snapshot()
+        archive = _read_words(archive_path)
+        if archive is not None:
+            self._merge(snap, archive, HEADER_WORDS, archive_path)
+        now = self.clock()
+        previously = snap.folded
+        snap.folded = set()
+        doomed: list[list[Path]] = []
+        for (slot, _pid), paths in sorted(self._chunk_files().items()):
+            if not paths[0].name.endswith("-0.wm"):
+                doomed.append(paths)  # chunks whose chunk 0 is gone: nothing to merge
+                continue
+            fd = _lock_if_dead(paths[0])
+            if fd is None:
+                continue
+            try:
+                ident = _identity(paths[0])
+                if ident is not None and ident not in previously:
+                    self._merge_worker(snap, slot, paths, now, live=False)
+            finally:
+                os.close(fd)
+            if ident is not None:
+                snap.folded.add(ident)
+            doomed.append(paths)
+        if not doomed:
+            return
+        # The archive names what it has merged, so a fold interrupted before the files below are
+        # deleted is finished by the next one without counting anything twice.
+        _write_archive(archive_path, snap)
+        for paths in doomed:
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+
+def _identity(path: Path) -> str | None:
+    words = _read_words(path)
+    if words is None:
+        return None
+    return f"{path.name}@{words[H_START_WALL_NS]}"
+
+
+def _is_alive(path: Path) -> bool | None:
+    """True when the owner still holds chunk 0's lock; None when the file is gone."""
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _lock_if_dead(path: Path) -> int | None:
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _write_archive(path: Path, snap: Snapshot) -> None:
+    """Write the merged totals of the dead as one file, replacing the old archive atomically."""
+    body = bytearray()
+    entries: list[tuple[int, str, list[int]]] = [(k, key, v) for (k, key), v in snap.records.items()]
+    entries += [(LEVELS, str(slot), above) for slot, above in snap.levels.items()]
+    entries += [(FOLDED, ident, []) for ident in sorted(snap.folded)]
+    for kind, key, values in entries:
+        raw = key.encode()
+        pad = (-len(raw)) % 8
+        size = RECORD_HEADER + (len(raw) + pad) // 8 + len(values)
+        body += _PACK.pack(size, kind, 0, len(raw)) + raw + b"\0" * pad
+        body += struct.pack(f"<{len(values)}q", *values)
+    used = HEADER_WORDS + len(body) // 8
+    if used > CHUNK_WORDS:
+        raise RuntimeError(f"workermeter archive {path} would exceed {CHUNK_BYTES} bytes")
+    header = struct.pack(f"<{HEADER_WORDS}q", MAGIC, used, *([0] * (HEADER_WORDS - 2)))
+    tmp = path.with_name(f".archive-{os.getpid()}.tmp")
+    fd = _open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, header + bytes(body))
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,224 @@
+"""``WSGIMiddleware``: measure a PEP 3333 application and serve its metrics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import Any
+
+from . import options as _options
+from .exposition import allowed
+from .integrations import route_from_environ
+from .recorder import P_DISCONNECTS, UNMATCHED, Active, Lane, Recorder
+from .request_start import queue_wait, queue_wait_one
+
+log = logging.getLogger("workermeter")
+
+Environ = dict[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+StartResponse = Callable[..., Callable[[bytes], object]]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_START_KEYS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
+_MOD_WSGI_KEYS = ("mod_wsgi.request_start", "mod_wsgi.queue_start")
+_NO_BODY: tuple[bytes, ...] = ()
+_FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
+
+
+class WSGIMiddleware:
+    """Measures every request of a WSGI application: queue wait, service time, CPU share,
+    concurrency and busy time, written to a store that all worker processes of the server share.
+
+    The service time runs until the server closes the response, so a streamed body counts in
+    full. ``GET /metrics`` is answered with the metrics of every worker, for loopback and private
+    clients or a bearer ``token``; others get 404.
+
+    :param app: the WSGI application.
+    :param route: ``route(environ) -> str | None`` giving the route template, called when the
+        response is done. The default reads what the integrations for Django, Flask and
+        Werkzeug leave in the environ; ``None`` from it is ``<unmatched>``.
+    :param threads: requests one process serves at once, when the server cannot tell.
+    :param metrics_path: where to answer scrapes; ``None`` serves none (see ``serve_metrics``).
+    :param token: bearer token that opens ``metrics_path`` to any client
+        (default ``$WORKERMETER_TOKEN``).
+    :param directory: the store directory (default ``$WORKERMETER_DIR``, else one per server
+        instance under ``/dev/shm``).
+    :param route_limit: distinct route labels kept; more become ``<other>``.
+    :param cpu_sample: 1 request in this many has its thread CPU time measured; 0 for none.
+    :param max_skew: a proxy timestamp up to this many seconds in the future counts as no wait.
+    :param max_age: a proxy timestamp older than this many seconds is rejected.
+    :param recorder: a :class:`~workermeter.recorder.Recorder` to use instead (tests).
+
+    Flask::
+
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app)
+
+    Django (``wsgi.py``)::
+
+        application = WSGIMiddleware(get_wsgi_application())
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        route: Callable[[Environ], str | None] | None = None,
+        threads: int | None = None,
+        metrics_path: str | None = "/metrics",
+        token: str | None = None,
+        directory: str | os.PathLike[str] | None = None,
+        route_limit: int = 200,
+        cpu_sample: int = 16,
+        max_skew: float = 2.0,
+        max_age: float = 600.0,
+        recorder: Recorder | None = None,
+    ) -> None:
+        if not callable(app):
+            raise ValueError(f"WSGIMiddleware wraps a WSGI application (a callable), got {app!r}")
+        opts = _options.build(
+            route=route, threads=threads, metrics_path=metrics_path, token=token,
+            directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
+            max_skew=max_skew, max_age=max_age, recorder=recorder,
+        )  # fmt: skip
+        self.app = app
+        self.route = route or route_from_environ
+        self.recorder = opts.recorder
+        self._opts = opts
+        self._metrics_path = opts.metrics_path
+        self._start_keys: tuple[str, ...] = _START_KEYS
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == self._metrics_path:
+            return self._metrics(environ, start_response)
+        rec = self.recorder
+        t0 = rec.clock()
+        active = rec.active or self._activate(environ)
+        lane = active.lane()
+        cpu0 = rec.cpu_clock() if lane.sample_cpu() else None
+        self._queue(environ, lane, rec)
+        active.begin(t0)
+        response = _Response(self, environ, lane, active, t0, cpu0, start_response)
+        try:
+            body = self.app(environ, response.start_response)
+        except BaseException:
+            response.status = 500
+            response.close()
+            raise
+        response.body = body
+        return response
+
+    def _queue(self, environ: Environ, lane: Lane, rec: Recorder) -> None:
+        keys = self._start_keys
+        first = environ.get(keys[0])
+        if len(keys) == 2 and keys[1] not in environ:
+            if first is None:
+                return
+            opts = self._opts
+            wait, problem = queue_wait_one(
+                first, rec.wall_clock(), max_skew=opts.max_skew, max_age=opts.max_age
+            )
+        else:
+            values = [str(environ[k]) for k in keys if k in environ]
+            if not values:
+                return
+            opts = self._opts
+            wait, problem = queue_wait(
+                values, rec.wall_clock(), max_skew=opts.max_skew, max_age=opts.max_age
+            )
+        lane.queue_wait(wait, problem)
+
+    def _activate(self, environ: Environ) -> Active:
+        multithread = bool(environ.get("wsgi.multithread", True))
+        if "mod_wsgi.version" in environ:
+            self._start_keys = _START_KEYS + _MOD_WSGI_KEYS
+        capacity = None if multithread else 1
+        if capacity is None and self.recorder.threads is None:
+            log.warning(
+                "workermeter: this threaded server does not say how many threads a worker has; "
+                "pass threads=N to WSGIMiddleware for utilisation to be known"
+            )
+        return self.recorder.activate(multithread=multithread, capacity=capacity)
+
+    def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        opts = self._opts
+        forwarded = any(k in environ for k in _FORWARDING)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or not allowed(
+            opts.token, environ.get("REMOTE_ADDR"), forwarded, environ.get("HTTP_AUTHORIZATION")
+        ):
+            start_response("404 Not Found", [("Content-Type", "text/plain"),
+                                             ("Content-Length", "10")])
+            return [b"Not Found\n"]
+        body, content_type = opts.exposition.render(environ.get("HTTP_ACCEPT"))
+        start_response("200 OK", [("Content-Type", content_type),
+                                  ("Content-Length", str(len(body)))])
+        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+
+
+class _Response:
+    """Wraps ``start_response`` and the response body; the request ends when it is closed."""
+
+    __slots__ = (
+        "active", "body", "cpu0", "done", "environ", "exhausted", "lane", "middleware",
+        "start_response_", "status", "t0",
+    )  # fmt: skip
+
+    def __init__(
+        self, middleware: WSGIMiddleware, environ: Environ, lane: Lane, active: Active, t0: int,
+        cpu0: int | None, start_response: StartResponse,
+    ) -> None:  # fmt: skip
+        self.middleware = middleware
+        self.environ = environ
+        self.lane = lane
+        self.active = active
+        self.t0 = t0
+        self.cpu0 = cpu0
+        self.start_response_ = start_response
+        self.status = 0
+        self.body: Iterable[bytes] = _NO_BODY
+        self.done = False
+        self.exhausted = False
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
+    ) -> Callable[[bytes], object]:
+        try:
+            self.status = int(status[:3])
+        except ValueError:  # a malformed status line is the app's to answer for, not ours
+            self.status = 0
+        if exc_info is None:
+            return self.start_response_(status, headers)
+        return self.start_response_(status, headers, exc_info)
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.body
+        self.exhausted = True
+
+    def close(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        mw = self.middleware
+        rec = mw.recorder
+        t1 = rec.clock()
+        lane = self.lane
+        cpu = rec.cpu_clock() - self.cpu0 if self.cpu0 is not None else None
+        try:
+            route = mw.route(self.environ) or UNMATCHED
+        except Exception:  # a user's route function must not break the response
+            log.exception("workermeter: route function failed")
+            route = UNMATCHED
+        status = self.status
+        if not self.exhausted and self.body is not _NO_BODY:
+            lane.count(P_DISCONNECTS)  # closed before the body was all sent
+        lane.request(route, self.environ.get("REQUEST_METHOD", ""), status, t1 - self.t0, cpu)
+        self.active.end(t1)
