@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import store as _store
 from .metrics import BUCKETS_NS
-from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE
+from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE, parse_timestamp, queue_wait_one
 
 NBUCKETS = len(BUCKETS_NS) + 1  # the last one is +Inf
 
@@ -45,11 +45,19 @@ UNMATCHED = "<unmatched>"
 OTHER = "<other>"
 
 bucket_of = bisect.bisect_left
+_MAX_LEVEL = _store.MAX_LEVEL
+_ENTER = _store.ENTER
+_ABOVE = _store.ABOVE
+_H_LEVEL = _store.H_LEVEL
 
 
 def status_index(status: int) -> int:
     """Index into STATUS_CLASSES for an HTTP status code."""
     return status // 100 - 1 if 100 <= status < 600 else 5
+
+
+# Index into STATUS_CLASSES by the first character of a WSGI status line.
+STATUS_BY_DIGIT = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
 
 
 class Lane:
@@ -58,16 +66,30 @@ class Lane:
     Only the thread that owns the lane writes to it.
     """
 
-    __slots__ = ("active", "index", "proc", "proc_base", "routes", "sampled")
+    __slots__ = ("active", "countdown", "index", "proc", "proc_base", "routes")
 
     def __init__(self, active: Active, index: int) -> None:
         self.active = active
         self.index = index
         self.routes: dict[tuple[str, str], tuple[memoryview, int]] = {}
-        self.sampled = 0
+        # cpu_sample 0 starts the countdown at -1: it never reaches zero.
+        self.countdown = active.cpu_sample or -1
         self.proc, self.proc_base = active.region.allocate(
             _store.PROCESS, "", index, PROCESS_VALUES
         )
+
+    def request_start(self, value: str, now: float, max_skew: float, max_age: float) -> None:
+        """Record the queue wait told by one request-start value, or why it was not observed."""
+        start = parse_timestamp(value)
+        if start is not None:
+            wait = now - start
+            if 0.0 <= wait <= max_age:  # the common case, without a detour
+                ns = int(wait * 1e9)
+                w, base = self.proc, self.proc_base
+                w[base + bucket_of(BUCKETS_NS, ns)] += 1
+                w[base + P_QUEUE_SUM] += ns
+                return
+        self.queue_wait(*queue_wait_one(value, now, max_skew=max_skew, max_age=max_age))
 
     def queue_wait(self, wait: float | None, problem: str | None) -> None:
         """Record the outcome of parsing the request-start headers."""
@@ -84,31 +106,29 @@ class Lane:
     def request(
         self, route: str, method: str, status: int, duration: int, cpu: int | None = None
     ) -> None:
-        """Record a finished request; ``cpu`` is its thread CPU time when it was sampled."""
+        """Record a finished request. ``status`` is an index into STATUS_CLASSES; ``cpu`` is
+        the request's thread CPU time when it was sampled."""
         if method not in METHODS:
             method = "OTHER"
         slot = self.routes.get((route, method))
         if slot is None:
             slot = self.active.route_record(self, route, method)
         w, base = slot
-        w[base + status_index(status)] += 1
+        w[base + status] += 1
         w[base + R_DURATION + bucket_of(BUCKETS_NS, duration)] += 1
         w[base + R_SUM] += duration
         if cpu is not None:
             w[base + R_CPU] += cpu
             w[base + R_CPU_WALL] += duration
 
-    def sample_cpu(self) -> bool:
-        """Whether this request's CPU time is to be measured (1 in ``cpu_sample``)."""
-        every = self.active.cpu_sample
-        if not every:
-            return False
-        n = self.sampled + 1
-        if n >= every:
-            self.sampled = 0
-            return True
-        self.sampled = n
-        return False
+    def cpu_start(self, cpu_clock: Callable[[], int]) -> int | None:
+        """The thread CPU time now, for 1 request in ``cpu_sample``; None for the others."""
+        n = self.countdown - 1
+        if n:
+            self.countdown = n
+            return None
+        self.countdown = self.active.cpu_sample
+        return cpu_clock()
 
     def count(self, offset: int) -> None:
         self.proc[self.proc_base + offset] += 1
@@ -128,10 +148,12 @@ class Active:
         self._free: list[int] = []
         self._routes: set[str] = set()
         self.level = 0
+        self._enter = [0] * (_MAX_LEVEL + 1)
+        self._above = [0] * (_MAX_LEVEL + 1)
         # Only threads share the level; an event loop or a sync worker needs no lock.
-        self.level_lock = threading.Lock() if multithread else None
-        self._enter = [0] * (_store.MAX_LEVEL + 1)
-        self._above = [0] * (_store.MAX_LEVEL + 1)
+        self._level_lock = threading.Lock()
+        self.begin: Callable[[int], None] = self._rise_locked if multithread else self._rise
+        self.end: Callable[[int], None] = self._fall_locked if multithread else self._fall
 
     def lane(self) -> Lane:
         try:
@@ -164,42 +186,32 @@ class Active:
         lane.routes[(route, method)] = slot
         return slot
 
-    def begin(self, now: int) -> None:
-        """A request starts: the level rises by one."""
-        lock = self.level_lock
-        if lock is not None:
-            with lock:
-                self._rise(now)
-        else:
-            self._rise(now)
-
-    def end(self, now: int) -> None:
-        """A request ends: time spent at the top level is banked and the level falls by one."""
-        lock = self.level_lock
-        if lock is not None:
-            with lock:
-                self._fall(now)
-        else:
-            self._fall(now)
-
     def _rise(self, now: int) -> None:
-        h = self.header
+        """A request starts: the level rises by one."""
         level = self.level + 1
-        if level <= _store.MAX_LEVEL:
+        if level <= _MAX_LEVEL:
             self._enter[level] = now
-            h[_store.ENTER + level] = now  # before LEVEL: see store._above_now
+            self.header[_ENTER + level] = now  # before LEVEL: see store._above_now
         self.level = level
-        h[_store.H_LEVEL] = level
+        self.header[_H_LEVEL] = level
 
     def _fall(self, now: int) -> None:
-        h = self.header
+        """A request ends: time spent at the top level is banked and the level falls by one."""
         level = self.level
-        if 0 < level <= _store.MAX_LEVEL:
+        if 0 < level <= _MAX_LEVEL:
             total = self._above[level] + now - self._enter[level]
             self._above[level] = total
-            h[_store.ABOVE + level] = total  # before LEVEL: see store._above_now
+            self.header[_ABOVE + level] = total  # before LEVEL: see store._above_now
         self.level = level - 1
-        h[_store.H_LEVEL] = level - 1
+        self.header[_H_LEVEL] = level - 1
+
+    def _rise_locked(self, now: int) -> None:
+        with self._level_lock:
+            self._rise(now)
+
+    def _fall_locked(self, now: int) -> None:
+        with self._level_lock:
+            self._fall(now)
 
     def websocket(self, delta: int) -> None:
         with self._lock:

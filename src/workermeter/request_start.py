@@ -62,9 +62,14 @@ def _parse_parts(value: str) -> float | None:
     """The general case: comma-joined values, server tokens, surrounding whitespace."""
     earliest: float | None = None
     for token in value.replace(",", " ").split():
+        text = token.removeprefix("t=")
+        if text[:1].isalpha():
+            # A server token: skip the ~0.6 µs of a failing float(). The only numbers float()
+            # reads that start with a letter are nan and inf, which are invalid anyway.
+            continue
         try:
-            number = float(token.removeprefix("t="))
-        except ValueError:  # a server token or garbage; UnicodeError is a ValueError too
+            number = float(text)
+        except ValueError:  # garbage; UnicodeEncodeError (lone surrogates) is a ValueError too
             continue
         seconds = _seconds(number)
         if seconds is not None and (earliest is None or seconds < earliest):
@@ -80,10 +85,17 @@ def parse_timestamp(value: str) -> float | None:
     optionally preceded by a server token (``srv1 t=1700000000.123``). Numbers that are not finite,
     negative, or before 2000-01-01 in every unit are ignored. Never raises.
     """
-    # Fast path: a single ``t=<number>`` or bare number needs no splitting. float() rejects
-    # anything with a comma or an inner space, so such values always take the general path.
+    # Fast path: a single ``t=<number>`` or bare number needs no splitting. int() and float()
+    # reject anything with a comma or an inner space, so such values take the general path.
+    text = value.removeprefix("t=")
     try:
-        number = float(value.removeprefix("t="))
+        if "." in text or len(text) > 40:
+            number = float(text)
+        else:
+            # Integers (ms, µs, ns) parse ~90 ns faster via int(), to the same float; int() is
+            # quadratic in the length, hence the bound. "nan", "1e9"... fail here, and the general
+            # path's float() then decides, so the accepted grammar is float()'s either way.
+            number = float(int(text))
     except ValueError:
         return _parse_parts(value)
     return _seconds(number)

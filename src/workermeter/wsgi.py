@@ -11,8 +11,8 @@ from typing import Any
 from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_environ
-from .recorder import P_DISCONNECTS, UNMATCHED, Active, Lane, Recorder
-from .request_start import queue_wait, queue_wait_one
+from .recorder import P_DISCONNECTS, STATUS_BY_DIGIT, UNMATCHED, Active, Lane, Recorder
+from .request_start import queue_wait
 
 log = logging.getLogger("workermeter")
 
@@ -23,7 +23,11 @@ WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _START_KEYS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
 _MOD_WSGI_KEYS = ("mod_wsgi.request_start", "mod_wsgi.queue_start")
+_QUEUE = "HTTP_X_QUEUE_START"
 _NO_BODY: tuple[bytes, ...] = ()
+_STATUS_BY_DIGIT = STATUS_BY_DIGIT
+_5XX = STATUS_BY_DIGIT["5"]
+_OTHER = 5
 _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
@@ -88,6 +92,8 @@ class WSGIMiddleware:
         self._opts = opts
         self._metrics_path = opts.metrics_path
         self._start_keys: tuple[str, ...] = _START_KEYS
+        self._max_skew = opts.max_skew
+        self._max_age = opts.max_age
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == self._metrics_path:
@@ -96,38 +102,38 @@ class WSGIMiddleware:
         t0 = rec.clock()
         active = rec.active or self._activate(environ)
         lane = active.lane()
-        cpu0 = rec.cpu_clock() if lane.sample_cpu() else None
-        self._queue(environ, lane, rec)
+        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
+        if n:
+            lane.countdown = n
+            cpu0 = None
+        else:
+            lane.countdown = active.cpu_sample
+            cpu0 = rec.cpu_clock()
+        start = environ.get("HTTP_X_REQUEST_START")
+        if self._start_keys is _START_KEYS and _QUEUE not in environ:
+            if start is not None:
+                lane.request_start(start, rec.wall_clock(), self._max_skew, self._max_age)
+        else:
+            self._queue(environ, lane)
         active.begin(t0)
-        response = _Response(self, environ, lane, active, t0, cpu0, start_response)
+        response = _Response(self, environ, lane, t0, cpu0, start_response)
         try:
             body = self.app(environ, response.start_response)
         except BaseException:
-            response.status = 500
+            response.status = _5XX
             response.close()
             raise
         response.body = body
         return response
 
-    def _queue(self, environ: Environ, lane: Lane, rec: Recorder) -> None:
-        keys = self._start_keys
-        first = environ.get(keys[0])
-        if len(keys) == 2 and keys[1] not in environ:
-            if first is None:
-                return
-            opts = self._opts
-            wait, problem = queue_wait_one(
-                first, rec.wall_clock(), max_skew=opts.max_skew, max_age=opts.max_age
-            )
-        else:
-            values = [str(environ[k]) for k in keys if k in environ]
-            if not values:
-                return
-            opts = self._opts
-            wait, problem = queue_wait(
-                values, rec.wall_clock(), max_skew=opts.max_skew, max_age=opts.max_age
-            )
-        lane.queue_wait(wait, problem)
+    def _queue(self, environ: Environ, lane: Lane) -> None:
+        """The general case: several start values, or mod_wsgi's environ keys."""
+        values = [str(environ[k]) for k in self._start_keys if k in environ]
+        if not values:
+            return
+        opts = self._opts
+        lane.queue_wait(*queue_wait(values, self.recorder.wall_clock(), max_skew=opts.max_skew,
+                                    max_age=opts.max_age))  # fmt: skip
 
     def _activate(self, environ: Environ) -> Active:
         multithread = bool(environ.get("wsgi.multithread", True))
@@ -159,23 +165,19 @@ class WSGIMiddleware:
 class _Response:
     """Wraps ``start_response`` and the response body; the request ends when it is closed."""
 
-    __slots__ = (
-        "active", "body", "cpu0", "done", "environ", "exhausted", "lane", "middleware",
-        "start_response_", "status", "t0",
-    )  # fmt: skip
+    __slots__ = ("body", "cpu0", "done", "environ", "exhausted", "lane", "mw", "sr", "status", "t0")
 
     def __init__(
-        self, middleware: WSGIMiddleware, environ: Environ, lane: Lane, active: Active, t0: int,
-        cpu0: int | None, start_response: StartResponse,
+        self, mw: WSGIMiddleware, environ: Environ, lane: Lane, t0: int, cpu0: int | None,
+        start_response: StartResponse,
     ) -> None:  # fmt: skip
-        self.middleware = middleware
+        self.mw = mw
         self.environ = environ
         self.lane = lane
-        self.active = active
         self.t0 = t0
         self.cpu0 = cpu0
-        self.start_response_ = start_response
-        self.status = 0
+        self.sr = start_response
+        self.status = _OTHER
         self.body: Iterable[bytes] = _NO_BODY
         self.done = False
         self.exhausted = False
@@ -183,13 +185,10 @@ class _Response:
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
-        try:
-            self.status = int(status[:3])
-        except ValueError:  # a malformed status line is the app's to answer for, not ours
-            self.status = 0
+        self.status = _STATUS_BY_DIGIT.get(status[:1], _OTHER)
         if exc_info is None:
-            return self.start_response_(status, headers)
-        return self.start_response_(status, headers, exc_info)
+            return self.sr(status, headers)
+        return self.sr(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
         yield from self.body
@@ -207,7 +206,7 @@ class _Response:
             self._finish()
 
     def _finish(self) -> None:
-        mw = self.middleware
+        mw = self.mw
         rec = mw.recorder
         t1 = rec.clock()
         lane = self.lane
@@ -217,8 +216,7 @@ class _Response:
         except Exception:  # a user's route function must not break the response
             log.exception("workermeter: route function failed")
             route = UNMATCHED
-        status = self.status
         if not self.exhausted and self.body is not _NO_BODY:
             lane.count(P_DISCONNECTS)  # closed before the body was all sent
-        lane.request(route, self.environ.get("REQUEST_METHOD", ""), status, t1 - self.t0, cpu)
-        self.active.end(t1)
+        lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status, t1 - self.t0, cpu)
+        lane.active.end(t1)
