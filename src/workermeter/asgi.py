@@ -10,8 +10,8 @@ from typing import Any
 from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_scope
-from .recorder import P_DISCONNECTS, P_WEBSOCKETS, UNMATCHED, Active, Recorder
-from .request_start import queue_wait, queue_wait_one
+from .recorder import P_DISCONNECTS, P_WEBSOCKETS, UNMATCHED, Active, Recorder, status_index
+from .request_start import queue_wait
 
 log = logging.getLogger("workermeter")
 
@@ -69,6 +69,8 @@ class ASGIMiddleware:
         self.recorder = opts.recorder
         self._opts = opts
         self._metrics_path = opts.metrics_path
+        self._max_skew = opts.max_skew
+        self._max_age = opts.max_age
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -85,13 +87,26 @@ class ASGIMiddleware:
         t0 = rec.clock()
         active = rec.active or self._activate()
         lane = active.lane()
-        cpu0 = rec.cpu_clock() if lane.sample_cpu() else None
+        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
+        if n:
+            lane.countdown = n
+            cpu0 = None
+        else:
+            lane.countdown = active.cpu_sample
+            cpu0 = rec.cpu_clock()
         start: Any = None
         for name, value in scope["headers"]:
             if name == b"x-request-start" or name == b"x-queue-start":
                 start = value if start is None else (start, value)
         if start is not None:
-            self._queue(start, lane_queue=lane.queue_wait)
+            if type(start) is bytes:
+                lane.request_start(
+                    start.decode("latin-1"), rec.wall_clock(), self._max_skew, self._max_age
+                )
+            else:
+                values = [v.decode("latin-1") for v in _flatten(start)]
+                lane.queue_wait(*queue_wait(values, rec.wall_clock(), max_skew=self._max_skew,
+                                            max_age=self._max_age))  # fmt: skip
         active.begin(t0)
         status = 0
         complete = False
@@ -120,22 +135,8 @@ class ASGIMiddleware:
                 route = UNMATCHED
             if not complete and status != 500:
                 lane.count(P_DISCONNECTS)
-            lane.request(route, scope.get("method", ""), status, t1 - t0, cpu)
+            lane.request(route, scope.get("method", ""), status_index(status), t1 - t0, cpu)
             active.end(t1)
-
-    def _queue(self, start: Any, lane_queue: Callable[[float | None, str | None], None]) -> None:
-        opts = self._opts
-        now = self.recorder.wall_clock()
-        if isinstance(start, bytes):
-            result = queue_wait_one(
-                start.decode("latin-1"), now, max_skew=opts.max_skew, max_age=opts.max_age
-            )
-        else:
-            result = queue_wait(
-                [v.decode("latin-1") for v in _flatten(start)], now,
-                max_skew=opts.max_skew, max_age=opts.max_age,
-            )  # fmt: skip
-        lane_queue(*result)
 
     def _activate(self) -> Active:
         rec = self.recorder

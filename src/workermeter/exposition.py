@@ -135,14 +135,14 @@ class StoreCollector(Collector):
         started = _family(m.WORKER_START)
         pid = _family(m.WORKER_PID)
         for w in snap.workers:
-            worker = [str(w.slot)]
+            labels = [str(w.slot)]
             if w.capacity:
-                capacity.add_metric(worker, w.capacity)
-            known.add_metric(worker, 1 if w.capacity else 0)
-            in_flight.add_metric(worker, max(w.level, 0))
-            open_ws.add_metric(worker, max(w.websockets, 0))
-            started.add_metric(worker, w.start_wall)
-            pid.add_metric(worker, w.pid)
+                capacity.add_metric(labels, w.capacity)
+            known.add_metric(labels, 1 if w.capacity else 0)
+            in_flight.add_metric(labels, max(w.level, 0))
+            open_ws.add_metric(labels, max(w.websockets, 0))
+            started.add_metric(labels, w.start_wall)
+            pid.add_metric(labels, w.pid)
         workers = _family(m.WORKERS)
         workers.add_metric([], len(snap.workers))
         yield from (capacity, known, in_flight, open_ws, started, pid, workers)

@@ -154,3 +154,13 @@ def sample_names(metric: Metric) -> tuple[str, ...]:
     if metric.kind == "histogram":
         return tuple(metric.name + s for s in ("_bucket", "_sum", "_count"))
     return (metric.name,)
+
+
+def markdown_table() -> str:
+    """The contract as the Markdown table in docs/metrics.md (a test keeps the two equal)."""
+    rows = ["| series | type | labels | unit | meaning |", "|---|---|---|---|---|"]
+    for metric in METRICS:
+        names = ", ".join(f"`{n}`" for n in sample_names(metric))
+        labels = ", ".join(f"`{label}`" for label in metric.labels) or "—"
+        rows.append(f"| {names} | {metric.kind} | {labels} | {metric.unit or '—'} | {metric.help} |")
+    return "\n".join(rows) + "\n"

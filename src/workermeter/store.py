@@ -80,10 +80,9 @@ def ensure_private_dir(path: Path) -> Path:
     or belongs to another user.
     """
     path = Path(path)
-    try:
-        path.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
         raise ValueError(f"workermeter store {path} must be a real directory, not a symlink or file")
@@ -257,7 +256,10 @@ class Snapshot:
 def _read_words(path: Path) -> memoryview | None:
     try:
         fd = _open_nofollow(path, os.O_RDONLY)
-    except OSError:  # vanished between listing and opening: a worker just folded it away
+    except FileNotFoundError:  # vanished between listing and opening: just folded away
+        return None
+    except OSError as e:  # a symlink (O_NOFOLLOW), a directory, no permission
+        _warn_once(path, e.strerror or str(e))
         return None
     try:
         return _read_fd(fd, path)
@@ -360,14 +362,17 @@ class Store:
         return snap
 
     def _chunk_files(self) -> dict[tuple[int, int], list[Path]]:
-        """Chunk files grouped by (slot, pid), chunk 0 first."""
+        """Chunk files grouped by (slot, pid), chunk 0 first; groups without a readable
+        chunk 0 of ours (foreign or corrupt files, left alone with a warning) are not listed."""
         found: dict[tuple[int, int], list[tuple[int, Path]]] = {}
         for entry in os.scandir(self.directory):
             m = _NAME.match(entry.name)
             if m:
                 slot, pid, index = (int(g) for g in m.groups())
                 found.setdefault((slot, pid), []).append((index, Path(entry.path)))
-        return {k: [p for _, p in sorted(v)] for k, v in found.items()}
+        groups = {k: [p for _, p in sorted(v)] for k, v in found.items()}
+        return {k: v for k, v in groups.items() if v[0].name.endswith("-0.wm") and
+                _read_words(v[0]) is not None}
 
     def _read_all(self) -> tuple[Snapshot, bool]:
         snap = Snapshot()
@@ -376,9 +381,7 @@ class Store:
             self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
         now = self.clock()
         dead = False
-        for (slot, pid), paths in sorted(self._chunk_files().items()):
-            if not paths[0].name.endswith("-0.wm"):
-                continue  # a chunk left behind by a folded worker that died mid-fold
+        for (slot, _pid), paths in sorted(self._chunk_files().items()):
             alive = _is_alive(paths[0])
             if alive is None:
                 continue
@@ -440,9 +443,6 @@ class Store:
         snap.folded = set()
         doomed: list[list[Path]] = []
         for (slot, _pid), paths in sorted(self._chunk_files().items()):
-            if not paths[0].name.endswith("-0.wm"):
-                doomed.append(paths)  # chunks whose chunk 0 is gone: nothing to merge
-                continue
             fd = _lock_if_dead(paths[0])
             if fd is None:
                 continue
@@ -461,7 +461,7 @@ class Store:
         # deleted is finished by the next one without counting anything twice.
         _write_archive(archive_path, snap)
         for paths in doomed:
-            for path in paths:
+            for path in reversed(paths):  # chunk 0 last: it is what marks a worker as present
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 

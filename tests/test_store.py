@@ -1,0 +1,284 @@
+"""The shared store: private directories, workers that die, folding, forks, exact levels."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from workermeter import store as s
+from workermeter.recorder import ROUTE_VALUES, Recorder, status_index
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self, now: int = 1_000_000_000) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def in_child(work: Callable[[], None], *, kill: bool = False) -> None:
+    """Run ``work`` in a forked child and wait for it; with ``kill``, SIGKILL it after."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            os.close(r)
+            work()
+            os.write(w, b"x")
+            if kill:
+                time.sleep(30)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(w)
+    assert os.read(r, 1) == b"x", "the child failed before finishing its work"
+    os.close(r)
+    if kill:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    if kill:
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    else:
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def record(recorder: Recorder, route: str, n: int, duration: int = 1000) -> None:
+    active = recorder.activate(multithread=False, capacity=1)
+    lane = active.lane()
+    for _ in range(n):
+        active.begin(recorder.clock())
+        lane.request(route, "GET", status_index(200), duration)
+        active.end(recorder.clock())
+
+
+def route_count(snap: s.Snapshot, route: str) -> int:
+    values = snap.records.get((s.ROUTE, f"{route}\0GET"), [0] * ROUTE_VALUES)
+    return sum(values[:6])
+
+
+def test_private_dir_is_created_0700(tmp_path: Path) -> None:
+    d = s.ensure_private_dir(tmp_path / "a" / "store")
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+
+
+def test_private_dir_of_ours_is_tightened(tmp_path: Path) -> None:
+    d = tmp_path / "open"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)
+    s.ensure_private_dir(d)
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+
+
+def test_symlinked_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="real directory"):
+        s.ensure_private_dir(tmp_path / "link")
+
+
+def test_file_in_place_of_dir_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="real directory"):
+        s.ensure_private_dir(tmp_path / "f")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a directory to another user")
+def test_foreign_dir_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "theirs"
+    d.mkdir(mode=0o700)
+    os.chown(d, 65534, 65534)
+    with pytest.raises(ValueError, match="WORKERMETER_DIR"):
+        s.ensure_private_dir(d)
+
+
+def test_live_worker_is_read_and_dead_worker_is_folded(tmp_path: Path) -> None:
+    clock = Clock()
+    store = s.Store(tmp_path, clock=clock)
+    in_child(lambda: record(Recorder(directory=tmp_path, clock=clock), "/dead", 7))
+    mine = Recorder(directory=tmp_path, clock=clock)
+    record(mine, "/live", 3)
+
+    snap = store.collect()
+    assert route_count(snap, "/dead") == 7
+    assert route_count(snap, "/live") == 3
+    assert [w.pid for w in snap.workers] == [os.getpid()]
+    # The dead worker's files are gone, its totals are in the archive, and stay there.
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".wm")
+    assert names == ["archive.wm", f"w1-{os.getpid()}-0.wm"] or names == [
+        "archive.wm",
+        f"w0-{os.getpid()}-0.wm",
+    ]
+    again = store.collect()
+    assert route_count(again, "/dead") == 7
+    assert route_count(again, "/live") == 3
+
+
+def test_slot_of_a_dead_worker_is_reused(tmp_path: Path) -> None:
+    clock = Clock()
+    slots: list[int] = []
+
+    def attach_and_report(r: int) -> None:
+        rec = Recorder(directory=tmp_path, clock=clock)
+        active = rec.activate(multithread=False, capacity=1)
+        os.write(r, str(active.region.slot).encode())
+
+    for _ in range(3):
+        r, w = os.pipe()
+        in_child(lambda: attach_and_report(w))
+        os.close(w)
+        slots.append(int(os.read(r, 16)))
+        os.close(r)
+    assert slots == [0, 0, 0]
+
+
+def test_worker_killed_mid_request_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    clock = Clock(5_000_000_000)
+    store = s.Store(tmp_path, clock=clock)
+
+    def start_and_hang() -> None:
+        rec = Recorder(directory=tmp_path, clock=clock)
+        record(rec, "/done", 2, duration=10)
+        rec.activate(multithread=False, capacity=1).begin(clock.now)  # never ends
+
+    in_child(start_and_hang, kill=True)
+    clock.now += 3_000_000_000
+    snap = store.collect()
+    assert snap.workers == []
+    assert route_count(snap, "/done") == 2
+    # The request it died in counts as busy up to the fold, and is no longer in flight.
+    assert sum(snap.levels[0][1:]) == 3_000_000_000
+    clock.now += 7_000_000_000
+    assert sum(store.collect().levels[0][1:]) == 3_000_000_000
+
+
+def test_thousands_of_recycled_workers_keep_exact_totals_and_few_files(tmp_path: Path) -> None:
+    clock = Clock()
+    store = s.Store(tmp_path, clock=clock)
+    for i in range(300):
+        in_child(lambda: record(Recorder(directory=tmp_path, clock=clock), "/r", 3))
+        if i % 50 == 0:
+            store.collect()
+    snap = store.collect()
+    assert route_count(snap, "/r") == 900
+    assert len(list(tmp_path.glob("w*.wm"))) == 0
+    assert len(list(tmp_path.iterdir())) <= 4  # archive, dir.lock, slot-0.lock (+ tmp none)
+
+
+def test_fold_interrupted_before_deleting_counts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    store = s.Store(tmp_path, clock=clock)
+    in_child(lambda: record(Recorder(directory=tmp_path, clock=clock), "/x", 5))
+
+    def refuse(self: Path, missing_ok: bool = False) -> None:
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(OSError, match="interrupted"):
+        store.collect()
+    monkeypatch.undo()
+    assert route_count(store.collect(), "/x") == 5
+    assert route_count(store.collect(), "/x") == 5
+    assert list(tmp_path.glob("w*.wm")) == []
+
+
+def test_forked_child_starts_with_an_empty_region(tmp_path: Path) -> None:
+    clock = Clock()
+    rec = Recorder(directory=tmp_path, clock=clock)
+    record(rec, "/parent", 4)
+    parent_slot = rec.active.region.slot if rec.active else -1
+
+    def child() -> None:
+        assert rec.active is None  # forgotten at the fork
+        record(rec, "/child", 1)
+        assert rec.active is not None and rec.active.region.slot != parent_slot
+        snap = s.Store(tmp_path, clock=clock).collect()
+        assert route_count(snap, "/parent") == 4
+        assert route_count(snap, "/child") == 1
+        assert len(snap.workers) == 2
+
+    in_child(child)
+    snap = s.Store(tmp_path, clock=clock).collect()
+    assert route_count(snap, "/parent") == 4
+    assert route_count(snap, "/child") == 1
+    assert [w.pid for w in snap.workers] == [os.getpid()]
+
+
+def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    rec = Recorder(directory=tmp_path, clock=clock)
+    record(rec, "/ok", 2)
+    (tmp_path / "w7-1-0.wm").write_bytes(b"not a store file at all" * 10)
+    (tmp_path / "w8-2-0.wm").symlink_to("/etc/passwd")
+    (tmp_path / "archive.wm").write_bytes(b"\0" * 64)
+    (tmp_path / "unrelated.txt").write_text("hello")
+    with caplog.at_level(logging.WARNING, logger="workermeter"):
+        snap = s.Store(tmp_path, clock=clock).collect()
+    assert route_count(snap, "/ok") == 2
+    text = caplog.text
+    assert "w7-1-0.wm" in text and "not a workermeter store file" in text
+    assert "w8-2-0.wm" in text
+    assert (tmp_path / "w7-1-0.wm").exists()  # left alone, not deleted
+
+
+def test_levels_are_exact(tmp_path: Path) -> None:
+    """A known schedule of overlapping requests gives exact time at each level."""
+    clock = Clock(0)
+    rec = Recorder(directory=tmp_path, clock=clock, threads=2)
+    active = rec.activate(multithread=True, capacity=None)
+    sec = 1_000_000_000
+    # t=0..1 idle, A from 1 to 5, B from 2 to 3, C from 4 to 7, scrape at 9.
+    events = [(1, +1), (2, +1), (3, -1), (4, +1), (5, -1), (7, -1)]
+    for t, step in events:
+        clock.now = t * sec
+        (active.begin if step > 0 else active.end)(clock.now)
+    clock.now = 9 * sec
+    snap = s.Store(tmp_path, clock=clock).collect()
+    above = snap.levels[active.region.slot]
+    assert above[0] == 9 * sec  # observed since attach at t=0
+    assert above[1] == 6 * sec  # 1..7
+    assert above[2] == 2 * sec  # 2..3 and 4..5
+    assert above[3] == 0
+    assert snap.workers[0].capacity == 2
+
+
+def test_running_request_counts_while_it_runs(tmp_path: Path) -> None:
+    clock = Clock(0)
+    rec = Recorder(directory=tmp_path, clock=clock)
+    active = rec.activate(multithread=False, capacity=1)
+    store = s.Store(tmp_path, clock=clock)
+    active.begin(0)
+    for t in (10, 30, 60):
+        clock.now = t * 1_000_000_000
+        snap = store.collect()
+        assert snap.workers[0].level == 1
+        assert sum(snap.levels[0][1:]) == clock.now
+    active.end(clock.now)
+    clock.now = 100 * 1_000_000_000
+    snap = store.collect()
+    assert snap.workers[0].level == 0
+    assert sum(snap.levels[0][1:]) == 60 * 1_000_000_000
+
+
+def test_many_routes_spill_into_more_chunks(tmp_path: Path) -> None:
+    clock = Clock()
+    rec = Recorder(directory=tmp_path, clock=clock, route_limit=5000)
+    for i in range(3000):
+        record(rec, f"/r{i}", 1)
+    assert len(list(tmp_path.glob(f"w0-{os.getpid()}-*.wm"))) >= 2
+    snap = s.Store(tmp_path, clock=clock).collect()
+    assert sum(route_count(snap, f"/r{i}") for i in range(3000)) == 3000
