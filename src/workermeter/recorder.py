@@ -143,7 +143,7 @@ class Active:
         self.cpu_sample = recorder.cpu_sample
         self.route_limit = recorder.route_limit
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self.local = threading.local()
         self._lanes: list[Lane] = []
         self._free: list[int] = []
         self._routes: set[str] = set()
@@ -156,21 +156,22 @@ class Active:
         self.end: Callable[[int], None] = self._fall_locked if multithread else self._fall
 
     def lane(self) -> Lane:
+        """This thread's lane."""
         try:
-            return self._local.lane  # type: ignore[no-any-return]
+            return self.local.lane  # type: ignore[no-any-return]
         except AttributeError:
-            return self._new_lane()
+            return self.new_lane()
 
-    def _new_lane(self) -> Lane:
+    def new_lane(self) -> Lane:
         with self._lock:
             if self._free:
                 lane = self._lanes[self._free.pop()]
             else:
                 lane = Lane(self, len(self._lanes))
                 self._lanes.append(lane)
-        self._local.lane = lane
+        self.local.lane = lane
         # The lane, records and all, passes to a new thread when this one ends.
-        self._local.holder = holder = _LaneHolder()
+        self.local.holder = holder = _LaneHolder()
         weakref.finalize(holder, self._free.append, lane.index)
         return lane
 

@@ -94,25 +94,34 @@ class WSGIMiddleware:
         self._start_keys: tuple[str, ...] = _START_KEYS
         self._max_skew = opts.max_skew
         self._max_age = opts.max_age
+        self._clock = self.recorder.clock
+        self._wall_clock = self.recorder.wall_clock
+        self._cpu_clock = self.recorder.cpu_clock
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        # The hot path. Its steps are written out rather than split into helper calls: each call
+        # costs as much as several of these statements.
         if environ.get("PATH_INFO") == self._metrics_path:
             return self._metrics(environ, start_response)
-        rec = self.recorder
-        t0 = rec.clock()
-        active = rec.active or self._activate(environ)
-        lane = active.lane()
+        t0 = self._clock()
+        active = self.recorder.active
+        if active is None:
+            active = self._activate(environ)
+        try:
+            lane = active.local.lane
+        except AttributeError:
+            lane = active.new_lane()
         n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
         if n:
             lane.countdown = n
             cpu0 = None
         else:
             lane.countdown = active.cpu_sample
-            cpu0 = rec.cpu_clock()
-        start = environ.get("HTTP_X_REQUEST_START")
+            cpu0 = self._cpu_clock()
         if self._start_keys is _START_KEYS and _QUEUE not in environ:
+            start = environ.get("HTTP_X_REQUEST_START")
             if start is not None:
-                lane.request_start(start, rec.wall_clock(), self._max_skew, self._max_age)
+                lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
         else:
             self._queue(environ, lane)
         active.begin(t0)
@@ -203,20 +212,17 @@ class _Response:
             if close is not None:
                 close()
         finally:
-            self._finish()
-
-    def _finish(self) -> None:
-        mw = self.mw
-        rec = mw.recorder
-        t1 = rec.clock()
-        lane = self.lane
-        cpu = rec.cpu_clock() - self.cpu0 if self.cpu0 is not None else None
-        try:
-            route = mw.route(self.environ) or UNMATCHED
-        except Exception:  # a user's route function must not break the response
-            log.exception("workermeter: route function failed")
-            route = UNMATCHED
-        if not self.exhausted and self.body is not _NO_BODY:
-            lane.count(P_DISCONNECTS)  # closed before the body was all sent
-        lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status, t1 - self.t0, cpu)
-        lane.active.end(t1)
+            mw = self.mw
+            t1 = mw._clock()
+            cpu = mw._cpu_clock() - self.cpu0 if self.cpu0 is not None else None
+            try:
+                route = mw.route(self.environ) or UNMATCHED
+            except Exception:  # a user's route function must not break the response
+                log.exception("workermeter: route function failed")
+                route = UNMATCHED
+            lane = self.lane
+            if not self.exhausted and self.body is not _NO_BODY:
+                lane.count(P_DISCONNECTS)  # closed before the body was all sent
+            lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status,
+                         t1 - self.t0, cpu)  # fmt: skip
+            lane.active.end(t1)
