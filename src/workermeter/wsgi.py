@@ -200,7 +200,12 @@ class _Response:
         return self.sr(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self.body
+        try:
+            yield from self.body
+        except Exception:  # the app failed while streaming: a 5xx, not a client going away
+            self.status = _5XX
+            self.exhausted = True
+            raise
         self.exhausted = True
 
     def close(self) -> None:
