@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import psutil
 from prometheus_client.core import (
@@ -235,12 +236,12 @@ def serve_metrics(
     addr: str = "127.0.0.1",
     *,
     directory: str | os.PathLike[str] | None = None,
-) -> tuple[object, threading.Thread]:
+) -> tuple[WSGIServer, threading.Thread]:
     """Serve the store's metrics over HTTP on their own port, from a background thread.
 
     Call it where a thread may be started: not from a request, and in a pre-fork server not in
     the master before forking (threads do not survive ``fork``). Returns the server and thread;
-    ``server.shutdown()`` stops it.
+    ``server.shutdown()`` then ``server.server_close()`` stops it.
     """
     path = Path(directory) if directory is not None else None
     store_ = _lazy_store(path)

@@ -1,0 +1,105 @@
+"""Serving the metrics: who may read them, a port of their own, process and host usage."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from workermeter import serve_metrics
+from workermeter.exposition import allowed, host_usage, private_client, process_usage
+from workermeter.recorder import Recorder, status_index
+
+
+@pytest.mark.parametrize(
+    ("addr", "forwarded", "expected"),
+    [
+        pytest.param("127.0.0.1", False, True, id="loopback"),
+        pytest.param("::1", False, True, id="loopback-v6"),
+        pytest.param("::ffff:127.0.0.1", False, True, id="v4-mapped"),
+        pytest.param("10.1.2.3", False, True, id="private-10"),
+        pytest.param("192.168.0.9", False, True, id="private-192"),
+        pytest.param("172.16.5.5", False, True, id="private-172"),
+        pytest.param("fd00::1", False, True, id="ula-v6"),
+        pytest.param("8.8.8.8", False, False, id="public"),
+        pytest.param("127.0.0.1", True, False, id="through-a-proxy"),
+        pytest.param("", False, False, id="empty"),
+        pytest.param(None, False, False, id="none"),
+        pytest.param("not-an-ip", False, False, id="garbage"),
+    ],
+)
+def test_private_clients(addr: str | None, forwarded: bool, expected: bool) -> None:
+    assert private_client(addr, forwarded) is expected
+
+
+def test_token_opens_to_anyone_and_is_compared_exactly() -> None:
+    assert allowed("s3cret", "8.8.8.8", True, "Bearer s3cret")
+    assert allowed("s3cret", "8.8.8.8", False, "bearer s3cret")
+    assert not allowed("s3cret", "8.8.8.8", False, "Bearer s3cre")
+    assert not allowed("s3cret", "8.8.8.8", False, "Basic s3cret")
+    assert not allowed(None, "8.8.8.8", False, "Bearer ")
+    assert allowed("s3cret", "127.0.0.1", False, None)
+
+
+def test_process_usage_reads_this_process() -> None:
+    usage = process_usage(os.getpid())
+    assert usage is not None
+    rss, uss, cpu = usage
+    me = psutil.Process()
+    assert abs(rss - me.memory_info().rss) < 32 * 2**20
+    assert 0 < uss <= rss
+    assert cpu > 0
+
+
+def test_process_usage_of_a_gone_process_is_none() -> None:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert process_usage(pid) is None
+
+
+def test_host_usage() -> None:
+    total, available, cpus = host_usage()
+    assert total == psutil.virtual_memory().total
+    assert 0 < available <= total
+    assert cpus == psutil.cpu_count()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:
+    rec = Recorder(directory=tmp_path)
+    active = rec.activate(multithread=False, capacity=1)
+    lane = active.lane()
+    for _ in range(4):
+        active.begin(rec.clock())
+        lane.request("/x", "GET", status_index(204), 1_000_000)
+        active.end(rec.clock())
+    port = _free_port()
+    server, thread = serve_metrics(port, directory=tmp_path)
+    try:
+        reply = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert reply.status_code == 200
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+    key = ("workermeter_requests_total", (("method", "GET"), ("route", "/x"), ("status", "2xx")))
+    assert samples[key] == 4
+    assert samples[("workermeter_workers", ())] == 1
+    assert samples[("workermeter_capacity_threads", (("worker", "0"),))] == 1
