@@ -51,8 +51,8 @@ class ASGIMiddleware:
         metrics_path: str | None = "/metrics",
         token: str | None = None,
         directory: str | os.PathLike[str] | None = None,
-        route_limit: int = 200,
-        cpu_sample: int = 16,
+        route_limit: int | None = None,
+        cpu_sample: int | None = None,
         max_skew: float = 2.0,
         max_age: float = 600.0,
         recorder: Recorder | None = None,
@@ -80,9 +80,13 @@ class ASGIMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if scope["path"] == self._metrics_path:
-            await self._metrics(scope, send)
-            return
+        path = scope["path"]
+        if self._metrics_path is not None and path.endswith(self._metrics_path):
+            # ASGI paths include the root path the app is mounted under (behind a proxy).
+            root = scope.get("root_path", "")
+            if path == self._metrics_path or (root and path == root + self._metrics_path):
+                await self._metrics(scope, send)
+                return
         rec = self.recorder
         t0 = rec.clock()
         active = rec.active or self._activate()
@@ -107,7 +111,7 @@ class ASGIMiddleware:
                 values = [v.decode("latin-1") for v in _flatten(start)]
                 lane.queue_wait(*queue_wait(values, rec.wall_clock(), max_skew=self._max_skew,
                                             max_age=self._max_age))  # fmt: skip
-        active.begin(t0)
+        t0 = active.begin(t0)
         status = 0
         complete = False
 
@@ -126,7 +130,7 @@ class ASGIMiddleware:
             status = 500
             raise
         finally:
-            t1 = rec.clock()
+            t1 = active.end(rec.clock())
             cpu = rec.cpu_clock() - cpu0 if cpu0 is not None else None
             try:
                 route = self.route(scope) or UNMATCHED
@@ -136,7 +140,6 @@ class ASGIMiddleware:
             if not complete and status != 500:
                 lane.count(P_DISCONNECTS)
             lane.request(route, scope.get("method", ""), status_index(status), t1 - t0, cpu)
-            active.end(t1)
 
     def _activate(self) -> Active:
         rec = self.recorder

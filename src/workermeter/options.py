@@ -31,8 +31,8 @@ def build(
     metrics_path: str | None,
     token: str | None,
     directory: str | os.PathLike[str] | None,
-    route_limit: int,
-    cpu_sample: int,
+    route_limit: int | None,
+    cpu_sample: int | None,
     max_skew: float,
     max_age: float,
     recorder: Recorder | None,
@@ -53,15 +53,19 @@ def build(
         token = os.environ.get(ENV_TOKEN) or None
     elif not isinstance(token, str) or not token:
         raise ValueError("token must be a non-empty string (or None to use WORKERMETER_TOKEN)")
+    tuning = {
+        name: value
+        for name, value in (("threads", threads), ("route_limit", route_limit),
+                            ("cpu_sample", cpu_sample))
+        if value is not None
+    }  # fmt: skip
     if recorder is None:
         recorder = Recorder(
-            directory=Path(directory) if directory is not None else default_directory,
-            threads=threads,
-            route_limit=route_limit,
-            cpu_sample=cpu_sample,
+            directory=Path(directory) if directory is not None else default_directory, **tuning
         )
-    elif directory is not None or threads is not None:
-        raise ValueError("pass directory and threads to the Recorder, not beside recorder=")
+    elif tuning or directory is not None:
+        clash = [*tuning, *(["directory"] if directory is not None else [])]
+        raise ValueError(f"pass {', '.join(clash)} to the Recorder, not beside recorder=")
     return Options(
         recorder=recorder,
         exposition=Exposition(recorder.store),

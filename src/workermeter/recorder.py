@@ -138,7 +138,10 @@ class Active:
     """The recorder's state in one process: its region, lanes and concurrency level."""
 
     def __init__(self, recorder: Recorder, *, multithread: bool, capacity: int | None) -> None:
-        self.region = recorder.store().attach(capacity=recorder.threads or capacity or 0)
+        self.region = recorder.store().attach(
+            capacity=recorder.threads or capacity or 0,
+            start_wall_ns=int(recorder.wall_clock() * 1e9),
+        )
         self.header = self.region.header
         self.cpu_sample = recorder.cpu_sample
         self.route_limit = recorder.route_limit
@@ -152,8 +155,11 @@ class Active:
         self._above = [0] * (_MAX_LEVEL + 1)
         # Only threads share the level; an event loop or a sync worker needs no lock.
         self._level_lock = threading.Lock()
-        self.begin: Callable[[int], None] = self._rise_locked if multithread else self._rise
-        self.end: Callable[[int], None] = self._fall_locked if multithread else self._fall
+        # With threads, the time of a level change is read inside the critical section, so the
+        # changes are applied in the order of their times; the request's duration uses it too.
+        self._clock = recorder.clock
+        self.begin: Callable[[int], int] = self._rise_locked if multithread else self._rise
+        self.end: Callable[[int], int] = self._fall_locked if multithread else self._fall
 
     def lane(self) -> Lane:
         """This thread's lane."""
@@ -187,7 +193,7 @@ class Active:
         lane.routes[(route, method)] = slot
         return slot
 
-    def _rise(self, now: int) -> None:
+    def _rise(self, now: int) -> int:
         """A request starts: the level rises by one."""
         level = self.level + 1
         if level <= _MAX_LEVEL:
@@ -195,8 +201,9 @@ class Active:
             self.header[_ENTER + level] = now  # before LEVEL: see store._above_now
         self.level = level
         self.header[_H_LEVEL] = level
+        return now
 
-    def _fall(self, now: int) -> None:
+    def _fall(self, now: int) -> int:
         """A request ends: time spent at the top level is banked and the level falls by one."""
         level = self.level
         if 0 < level <= _MAX_LEVEL:
@@ -205,14 +212,15 @@ class Active:
             self.header[_ABOVE + level] = total  # before LEVEL: see store._above_now
         self.level = level - 1
         self.header[_H_LEVEL] = level - 1
+        return now
 
-    def _rise_locked(self, now: int) -> None:
+    def _rise_locked(self, now: int) -> int:
         with self._level_lock:
-            self._rise(now)
+            return self._rise(self._clock())
 
-    def _fall_locked(self, now: int) -> None:
+    def _fall_locked(self, now: int) -> int:
         with self._level_lock:
-            self._fall(now)
+            return self._fall(self._clock())
 
     def websocket(self, delta: int) -> None:
         with self._lock:

@@ -122,7 +122,9 @@ class Chunk:
 class Region:
     """The part of the store one worker process writes."""
 
-    def __init__(self, directory: Path, *, capacity: int, clock: Callable[[], int]) -> None:
+    def __init__(
+        self, directory: Path, *, capacity: int, clock: Callable[[], int], start_wall_ns: int
+    ) -> None:
         self.directory = directory
         self.pid = os.getpid()
         self._alloc_lock = threading.Lock()
@@ -135,7 +137,7 @@ class Region:
             raise
         h = first.words
         h[H_CAPACITY] = capacity
-        h[H_START_WALL_NS] = time.time_ns()
+        h[H_START_WALL_NS] = start_wall_ns
         h[H_START_MONO_NS] = clock()
         self.header = h
         # Chunk 0 is published under its final name only once locked and filled in, so a scrape
@@ -285,7 +287,7 @@ def _read_fd(fd: int, path: Path) -> memoryview | None:
 
 
 def _records(words: memoryview, first: int, path: Path) -> Iterator[tuple[int, str, memoryview]]:
-    used = words[H_USED]
+    used = len(words)  # what was read: H_USED in it may have grown since
     pos = first
     raw = words.cast("B")
     while pos < used:
@@ -337,8 +339,10 @@ class Store:
         self.directory = ensure_private_dir(directory)
         self.clock = clock
 
-    def attach(self, *, capacity: int) -> Region:
-        return Region(self.directory, capacity=capacity, clock=self.clock)
+    def attach(self, *, capacity: int, start_wall_ns: int | None = None) -> Region:
+        """Claim a slot and create this process's region."""
+        wall = time.time_ns() if start_wall_ns is None else start_wall_ns
+        return Region(self.directory, capacity=capacity, clock=self.clock, start_wall_ns=wall)
 
     @contextlib.contextmanager
     def _dir_lock(self, how: int) -> Iterator[None]:

@@ -73,8 +73,8 @@ class WSGIMiddleware:
         metrics_path: str | None = "/metrics",
         token: str | None = None,
         directory: str | os.PathLike[str] | None = None,
-        route_limit: int = 200,
-        cpu_sample: int = 16,
+        route_limit: int | None = None,
+        cpu_sample: int | None = None,
         max_skew: float = 2.0,
         max_age: float = 600.0,
         recorder: Recorder | None = None,
@@ -124,7 +124,7 @@ class WSGIMiddleware:
                 lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
         else:
             self._queue(environ, lane)
-        active.begin(t0)
+        t0 = active.begin(t0)
         response = _Response(self, environ, lane, t0, cpu0, start_response)
         try:
             body = self.app(environ, response.start_response)
@@ -174,7 +174,9 @@ class WSGIMiddleware:
 class _Response:
     """Wraps ``start_response`` and the response body; the request ends when it is closed."""
 
-    __slots__ = ("body", "cpu0", "done", "environ", "exhausted", "lane", "mw", "sr", "status", "t0")
+    __slots__ = (
+        "body", "cpu0", "done", "environ", "exhausted", "lane", "mw", "route", "sr", "status", "t0",
+    )  # fmt: skip
 
     def __init__(
         self, mw: WSGIMiddleware, environ: Environ, lane: Lane, t0: int, cpu0: int | None,
@@ -190,11 +192,18 @@ class _Response:
         self.body: Iterable[bytes] = _NO_BODY
         self.done = False
         self.exhausted = False
+        self.route: str | None = None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
     ) -> Callable[[bytes], object]:
         self.status = _STATUS_BY_DIGIT.get(status[:1], _OTHER)
+        # Name the route now, while the framework still holds its request: Flask drops
+        # environ["werkzeug.request"] before the server closes the response.
+        try:
+            self.route = self.mw.route(self.environ)
+        except Exception:  # a user's route function must not break the response
+            log.exception("workermeter: route function failed")
         if exc_info is None:
             return self.sr(status, headers)
         return self.sr(status, headers, exc_info)
@@ -218,10 +227,10 @@ class _Response:
                 close()
         finally:
             mw = self.mw
-            t1 = mw._clock()
+            t1 = self.lane.active.end(mw._clock())
             cpu = mw._cpu_clock() - self.cpu0 if self.cpu0 is not None else None
             try:
-                route = mw.route(self.environ) or UNMATCHED
+                route = self.route or mw.route(self.environ) or UNMATCHED
             except Exception:  # a user's route function must not break the response
                 log.exception("workermeter: route function failed")
                 route = UNMATCHED
@@ -230,4 +239,3 @@ class _Response:
                 lane.count(P_DISCONNECTS)  # closed before the body was all sent
             lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status,
                          t1 - self.t0, cpu)  # fmt: skip
-            lane.active.end(t1)

@@ -41,6 +41,16 @@ def route_from_scope(scope: Mapping[str, Any]) -> str | None:
         return str(route)
     matched = scope.get("route")
     template = getattr(matched, "path", None)
+    if isinstance(template, str) and not hasattr(matched, "endpoint"):
+        # The last match was a Mount, not a Route: a router inside it matched nothing (404),
+        # or it hands every path to one app, which the mount's full prefix names.
+        if getattr(matched, "routes", None):
+            return None
+        root = scope.get("app_root_path")
+        prefix = scope.get("root_path", "")
+        if isinstance(root, str) and isinstance(prefix, str) and prefix.startswith(root):
+            return prefix[len(root) :] or "/"
+        return template
     if isinstance(template, str):
         # Inside a Mount, Starlette extends root_path by the mount's prefix and keeps the app's
         # own (proxy) root path in app_root_path; outside one, root_path is not part of the route.
