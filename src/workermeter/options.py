@@ -9,7 +9,7 @@ from typing import Any
 
 from .exposition import Exposition
 from .instance import default_directory
-from .recorder import Recorder
+from .recorder import CPU_SAMPLE, ROUTE_LIMIT, Recorder
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
 
@@ -53,19 +53,19 @@ def build(
         token = os.environ.get(ENV_TOKEN) or None
     elif not isinstance(token, str) or not token:
         raise ValueError("token must be a non-empty string (or None to use WORKERMETER_TOKEN)")
-    tuning = {
-        name: value
-        for name, value in (("threads", threads), ("route_limit", route_limit),
-                            ("cpu_sample", cpu_sample))
-        if value is not None
-    }  # fmt: skip
     if recorder is None:
         recorder = Recorder(
-            directory=Path(directory) if directory is not None else default_directory, **tuning
+            directory=Path(directory) if directory is not None else default_directory,
+            threads=threads,
+            route_limit=ROUTE_LIMIT if route_limit is None else route_limit,
+            cpu_sample=CPU_SAMPLE if cpu_sample is None else cpu_sample,
         )
-    elif tuning or directory is not None:
-        clash = [*tuning, *(["directory"] if directory is not None else [])]
-        raise ValueError(f"pass {', '.join(clash)} to the Recorder, not beside recorder=")
+    else:
+        given = {"directory": directory, "threads": threads, "route_limit": route_limit,
+                 "cpu_sample": cpu_sample}  # fmt: skip
+        clash = [name for name, value in given.items() if value is not None]
+        if clash:
+            raise ValueError(f"pass {', '.join(clash)} to the Recorder, not beside recorder=")
     return Options(
         recorder=recorder,
         exposition=Exposition(recorder.store),

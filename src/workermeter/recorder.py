@@ -41,6 +41,8 @@ P_WEBSOCKETS = P_DISCONNECTS + 1
 PROCESS_VALUES = P_WEBSOCKETS + 1
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+ROUTE_LIMIT = 200  # distinct route labels kept by default
+CPU_SAMPLE = 16  # by default 1 request in 16 has its CPU time measured
 UNMATCHED = "<unmatched>"
 OTHER = "<other>"
 
@@ -248,8 +250,8 @@ class Recorder:
         *,
         directory: Path | Callable[[], Path],
         threads: int | None = None,
-        route_limit: int = 200,
-        cpu_sample: int = 16,
+        route_limit: int = ROUTE_LIMIT,
+        cpu_sample: int = CPU_SAMPLE,
         clock: Callable[[], int] = time.perf_counter_ns,
         wall_clock: Callable[[], float] = time.time,
         cpu_clock: Callable[[], int] = time.thread_time_ns,
