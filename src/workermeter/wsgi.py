@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import operator
 import os
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
@@ -176,8 +175,7 @@ class _Response:
     """Wraps ``start_response`` and the response body; the request ends when it is closed."""
 
     __slots__ = (
-        "body", "cpu0", "done", "environ", "exhausted", "items", "lane", "mw", "route", "sr",
-        "status", "t0",
+        "body", "cpu0", "done", "environ", "exhausted", "lane", "mw", "route", "sr", "status", "t0",
     )  # fmt: skip
 
     def __init__(
@@ -194,7 +192,6 @@ class _Response:
         self.body: Iterable[bytes] = _NO_BODY
         self.done = False
         self.exhausted = False
-        self.items: Iterator[bytes] | None = None
         self.route: str | None = None
 
     def start_response(
@@ -212,15 +209,6 @@ class _Response:
         return self.sr(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
-        body = self.body
-        if type(body) is list:
-            # A list's own iterator is faster than any wrapper, and tells at close() whether the
-            # server got to the end of it.
-            self.items = it = iter(body)
-            return it
-        return self._stream()
-
-    def _stream(self) -> Iterator[bytes]:
         try:
             yield from self.body
         except Exception:  # the app failed while streaming: a 5xx, not a client going away
@@ -247,9 +235,6 @@ class _Response:
                 log.exception("workermeter: route function failed")
                 route = UNMATCHED
             lane = self.lane
-            items = self.items
-            if items is not None:
-                self.exhausted = not operator.length_hint(items)
             if not self.exhausted and self.body is not _NO_BODY:
                 lane.count(P_DISCONNECTS)  # closed before the body was all sent
             lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status,
