@@ -31,11 +31,11 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _environ() -> dict[str, Any]:
+def _environ(multithread: bool = False) -> dict[str, Any]:
     return {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": "/items/42",
-        "wsgi.multithread": False,
+        "wsgi.multithread": multithread,
         "HTTP_X_REQUEST_START": f"t={time.time():.3f}",
         "workermeter.route": "/items/{id}",
     }
@@ -45,8 +45,8 @@ def _start_response(status: str, headers: list[tuple[str, str]], exc_info: Any =
     return None
 
 
-def drive_wsgi(app: Callable[..., Iterable[bytes]]) -> Case:
-    environ = _environ()
+def drive_wsgi(app: Callable[..., Iterable[bytes]], *, multithread: bool = False) -> Case:
+    environ = _environ(multithread)
 
     def case() -> None:
         body = app(environ, _start_response)
@@ -135,6 +135,10 @@ def wsgi_cases() -> dict[str, Case]:
     return {
         "bare": drive_wsgi(wsgi_app),
         "workermeter": drive_wsgi(WSGIMiddleware(wsgi_app, directory=store)),
+        "workermeter, threaded server": drive_wsgi(
+            WSGIMiddleware(wsgi_app, directory=tempfile.mkdtemp(prefix="wm-bench-"), threads=4),
+            multithread=True,
+        ),
         "prometheus_client by hand": drive_wsgi(HandWrittenWSGI(wsgi_app, CollectorRegistry())),
     }
 
