@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
@@ -13,6 +14,7 @@ from .exposition import allowed
 from .integrations import route_from_environ
 from .recorder import P_DISCONNECTS, STATUS_BY_DIGIT, UNMATCHED, Active, Lane, Recorder
 from .request_start import queue_wait
+from .server import detect
 
 log = logging.getLogger("workermeter")
 
@@ -148,13 +150,17 @@ class WSGIMiddleware:
         multithread = bool(environ.get("wsgi.multithread", True))
         if "mod_wsgi.version" in environ:
             self._start_keys = _START_KEYS + _MOD_WSGI_KEYS
-        capacity = None if multithread else 1
-        if capacity is None and self.recorder.threads is None:
+        # Frame 2 is the server's own, which called __call__.
+        found = detect(environ, sys._getframe(2))
+        if found.threads is None and self.recorder.threads is None:
             log.warning(
-                "workermeter: this threaded server does not say how many threads a worker has; "
-                "pass threads=N to WSGIMiddleware for utilisation to be known"
+                "workermeter: %s does not say how many requests a worker serves at once; "
+                "pass threads=N to WSGIMiddleware for utilisation to be known", found.server
             )
-        return self.recorder.activate(multithread=multithread, capacity=capacity)
+        elif self.recorder.threads is None:
+            log.info("workermeter: %s, %s threads per process (%s)", found.server,
+                     found.threads, found.source)  # fmt: skip
+        return self.recorder.activate(multithread=multithread, capacity=found.threads)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         opts = self._opts

@@ -1,0 +1,121 @@
+"""Which server runs this process, and how many requests one of its processes serves at once.
+
+Asked once per process, with the first request. Servers are recognised without importing them:
+mod_wsgi and uWSGI put a module of their own in ``sys.modules``; gunicorn and waitress are found
+as the worker object on the call stack of the request, whose configuration says its threads.
+When nothing tells, the answer says so rather than guessing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a server says about its concurrency.
+
+    ``threads``: requests one process serves at once (None: unknown). ``processes``: worker
+    processes configured (None: unknown). ``source`` names where the numbers came from.
+    """
+
+    server: str
+    threads: int | None
+    processes: int | None
+    source: str
+
+
+def _positive(value: Any) -> int | None:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):  # absent, or not a number in a server's options
+        return None
+    return number if number > 0 else None
+
+
+def _mod_wsgi() -> Capacity | None:
+    module = sys.modules.get("mod_wsgi")
+    if module is None or not hasattr(module, "threads_per_process"):
+        return None
+    return Capacity(
+        "mod_wsgi",
+        _positive(getattr(module, "threads_per_process", None)),
+        _positive(getattr(module, "maximum_processes", None)),
+        "mod_wsgi.threads_per_process",
+    )
+
+
+def _uwsgi() -> Capacity | None:
+    module = sys.modules.get("uwsgi")
+    if module is None or not hasattr(module, "opt"):
+        return None
+    opt = getattr(module, "opt", {})
+    threads = _positive(opt.get("threads")) if isinstance(opt, dict) else None
+    return Capacity("uwsgi", threads or 1, _positive(getattr(module, "numproc", None)),
+                    "uwsgi.opt['threads']")  # fmt: skip
+
+
+def _from_stack(frame: FrameType | None) -> Capacity | None:
+    """Find the server's worker object among the ``self`` of the frames serving this request."""
+    depth = 0
+    while frame is not None and depth < 64:
+        owner = frame.f_locals.get("self")
+        module = type(owner).__module__ if owner is not None else ""
+        if module.startswith("gunicorn.workers."):
+            return _gunicorn(owner)
+        if module.startswith("waitress."):
+            found = _waitress(owner)
+            if found is not None:
+                return found
+        frame = frame.f_back
+        depth += 1
+    return None
+
+
+def _gunicorn(worker: Any) -> Capacity:
+    cfg = getattr(worker, "cfg", None)
+    kind = type(worker).__name__
+    processes = _positive(getattr(cfg, "workers", None))
+    if kind == "SyncWorker":
+        return Capacity("gunicorn sync", 1, processes, "gunicorn worker class")
+    if kind == "ThreadWorker":
+        return Capacity("gunicorn gthread", _positive(getattr(cfg, "threads", None)), processes,
+                        "gunicorn --threads")  # fmt: skip
+    # gevent, eventlet and the ASGI worker serve up to worker_connections at once.
+    return Capacity(f"gunicorn {kind}", _positive(getattr(cfg, "worker_connections", None)),
+                    processes, "gunicorn --worker-connections")  # fmt: skip
+
+
+def _waitress(owner: Any) -> Capacity | None:
+    for path in ("adj", "server.adj", "channel.server.adj"):
+        target = owner
+        for name in path.split("."):
+            target = getattr(target, name, None)
+        threads = _positive(getattr(target, "threads", None))
+        if threads is not None:
+            return Capacity("waitress", threads, 1, "waitress threads")
+    return None
+
+
+def detect(environ: Mapping[str, Any] | None = None, frame: FrameType | None = None) -> Capacity:
+    """What the server running this request says about its capacity.
+
+    ``frame`` is where to start looking up the call stack (default: the caller's caller).
+    """
+    for found in (_mod_wsgi(), _uwsgi()):
+        if found is not None:
+            return found
+    found = _from_stack(frame if frame is not None else sys._getframe(2))
+    if found is not None:
+        return found
+    if environ is not None and environ.get("wsgi.multithread") is False:
+        software = str(environ.get("SERVER_SOFTWARE", "a WSGI server"))
+        return Capacity(software, 1, None, "wsgi.multithread is false")
+    software = str(environ.get("SERVER_SOFTWARE", "unknown")) if environ is not None else "unknown"
+    return Capacity(software, None, None, "not told")
