@@ -65,7 +65,9 @@ LEVELS = 3  # archive only, key: slot; values: ABOVE[0..MAX_LEVEL], ABOVE[0] bei
 FOLDED = 4  # archive only, key: identity of a dead worker already merged, no values
 RECORD_HEADER = 4  # words: length in words, kind, lane, key bytes
 
-_NAME = re.compile(r"w(\d+)-(\d+)-(\d+)\.wm\Z")
+# w<slot>-<pid>-<token>-<chunk>.wm: the random token keeps a reused pid from meeting the files of
+# a dead worker that had the same pid.
+_NAME = re.compile(r"w(\d+)-(\d+)-([0-9a-f]{8})-(\d+)\.wm\Z")
 _PACK = struct.Struct("<4q")
 
 
@@ -127,6 +129,7 @@ class Region:
     ) -> None:
         self.directory = directory
         self.pid = os.getpid()
+        self._token = os.urandom(4).hex()
         self._alloc_lock = threading.Lock()
         self._slot_fd, self.slot = _claim_slot(directory)
         self._chunks: list[Chunk] = []
@@ -145,7 +148,7 @@ class Region:
         os.rename(self._path(0, temp=True), self._path(0))
 
     def _path(self, index: int, *, temp: bool = False) -> Path:
-        name = f"w{self.slot}-{self.pid}-{index}.wm"
+        name = f"w{self.slot}-{self.pid}-{self._token}-{index}.wm"
         return self.directory / (f".{name}.tmp" if temp else name)
 
     def _new_chunk(self) -> Chunk:
@@ -354,26 +357,26 @@ class Store:
             os.close(fd)
 
     def collect(self) -> Snapshot:
-        """Merge the archive and every live worker; fold dead workers into the archive first."""
+        """Merge the archive and every worker's files; then fold the dead into the archive."""
         with self._dir_lock(fcntl.LOCK_SH):
             snap, dead = self._read_all()
-        if not dead:
-            return snap
-        with self._dir_lock(fcntl.LOCK_EX):
-            self._fold_dead()
-        with self._dir_lock(fcntl.LOCK_SH):
-            snap, _ = self._read_all()
+        if dead:  # tidy up: the snapshot already counts them
+            with self._dir_lock(fcntl.LOCK_EX):
+                self._fold_dead()
         return snap
 
-    def _chunk_files(self) -> dict[tuple[int, int], list[Path]]:
-        """Chunk files grouped by (slot, pid), chunk 0 first; groups without a readable
-        chunk 0 of ours (foreign or corrupt files, left alone with a warning) are not listed."""
-        found: dict[tuple[int, int], list[tuple[int, Path]]] = {}
+    def _chunk_files(self) -> dict[tuple[int, int, str], list[Path]]:
+        """Chunk files grouped by worker (slot, pid, token), chunk 0 first; groups without a
+        readable chunk 0 of ours (foreign or corrupt files, left alone with a warning) are not
+        listed."""
+        found: dict[tuple[int, int, str], list[tuple[int, Path]]] = {}
         for entry in os.scandir(self.directory):
             m = _NAME.match(entry.name)
             if m:
-                slot, pid, index = (int(g) for g in m.groups())
-                found.setdefault((slot, pid), []).append((index, Path(entry.path)))
+                slot, pid, token, index = m.groups()
+                found.setdefault((int(slot), int(pid), token), []).append(
+                    (int(index), Path(entry.path))
+                )
         groups = {k: [p for _, p in sorted(v)] for k, v in found.items()}
         return {k: v for k, v in groups.items() if v[0].name.endswith("-0.wm") and
                 _read_words(v[0]) is not None}
@@ -385,12 +388,16 @@ class Store:
             self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
         now = self.clock()
         dead = False
-        for (slot, _pid), paths in sorted(self._chunk_files().items()):
+        for (slot, _pid, _token), paths in sorted(self._chunk_files().items()):
             alive = _is_alive(paths[0])
             if alive is None:
                 continue
             if not alive:
+                # Dead but not folded yet: its counts are read from its files, so a worker that
+                # exits while a scrape runs is never missing from it.
                 dead = True
+                if _identity(paths[0]) not in snap.folded:
+                    self._merge_worker(snap, slot, paths, now, live=False)
                 continue
             self._merge_worker(snap, slot, paths, now, live=True)
         return snap, dead
@@ -446,7 +453,7 @@ class Store:
         previously = snap.folded
         snap.folded = set()
         doomed: list[list[Path]] = []
-        for (slot, _pid), paths in sorted(self._chunk_files().items()):
+        for (slot, _pid, _token), paths in sorted(self._chunk_files().items()):
             fd = _lock_if_dead(paths[0])
             if fd is None:
                 continue

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine, as root: install every test dependency
+# (Debian packages, then the package with its test extras), run pytest, ruff and mypy.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k nginx -x`.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+have() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+
+missing=()
+have nginx || missing+=(nginx)
+have prometheus || missing+=(prometheus)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+    echo "installing Debian packages: ${missing[*]}"
+    # Keep the packages' services from starting (a system nginx would take port 80);
+    # the tests start their own on free loopback ports.
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod +x "$policy"
+        trap '"${sudo[@]}" rm -f "$policy"' EXIT
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq || exit 1
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || exit 1
+fi
+
+PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
+
+status=0
+"$PYTHON" -m pytest "$@" || status=1
+echo "ruff check src tests"
+"$PYTHON" -m ruff check src tests || status=1
+echo "mypy"
+"$PYTHON" -m mypy || status=1
+exit "$status"
