@@ -117,6 +117,7 @@ def drive_asgi(app: Any) -> Case:
         return None
 
     loop = asyncio.new_event_loop()
+
     # One coroutine drives many requests so the loop's own cost is not in the numbers.
     def case() -> None:
         coro = app(scope, receive, send)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cases import Case, asgi_cases, wsgi_cases  # noqa: E402
+from cases import Case, asgi_cases, wsgi_cases
 
 
 def per_call_ns(case: Case, n: int) -> float:

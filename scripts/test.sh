@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine, as root: install every test dependency
-# (Debian packages, then the package with its test extras), run pytest, ruff and mypy.
+# (Debian packages, then the package with its test extras), run ruff, mypy and pytest.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k nginx -x`.
 set -uo pipefail
 
@@ -33,9 +33,10 @@ fi
 PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
 
 status=0
-"$PYTHON" -m pytest "$@" || status=1
-echo "ruff check src tests"
-"$PYTHON" -m ruff check src tests || status=1
+echo "ruff check src tests benchmarks"
+"$PYTHON" -m ruff check src tests benchmarks || status=1
 echo "mypy"
 "$PYTHON" -m mypy || status=1
+# pytest last, so that its summary closes the output.
+"$PYTHON" -m pytest "$@" || status=1
 exit "$status"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -133,7 +134,7 @@ def test_slot_of_a_dead_worker_is_reused(tmp_path: Path) -> None:
 
     for _ in range(3):
         r, w = os.pipe()
-        in_child(lambda: attach_and_report(w))
+        in_child(functools.partial(attach_and_report, w))
         os.close(w)
         slots.append(int(os.read(r, 16)))
         os.close(r)

@@ -179,18 +179,22 @@ class ASGIMiddleware:
             status = 200
         else:
             body, content_type, status = b"Not Found\n", "text/plain", 404
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        })
-        await send({
-            "type": "http.response.body",
-            "body": b"" if scope.get("method") == "HEAD" else body,
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"" if scope.get("method") == "HEAD" else body,
+            }
+        )
 
 
 def _flatten(start: Any) -> list[bytes]:

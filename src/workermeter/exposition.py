@@ -39,7 +39,9 @@ def _family(metric: m.Metric, labels: tuple[str, ...] | None = None) -> Any:
     return GaugeMetricFamily(metric.name, metric.help, labels=names, unit=unit)
 
 
-def _histogram(values: list[int] | memoryview, start: int, total_ns: int) -> tuple[list[tuple[str, float]], float]:
+def _histogram(
+    values: list[int] | memoryview, start: int, total_ns: int
+) -> tuple[list[tuple[str, float]], float]:
     buckets: list[tuple[str, float]] = []
     cumulative = 0
     for le, count in zip(_LE, values[start : start + r.NBUCKETS], strict=True):
@@ -218,7 +220,9 @@ def private_client(addr: str | None, forwarded: bool) -> bool:
     return ip.is_loopback or ip.is_private
 
 
-def allowed(token: str | None, addr: str | None, forwarded: bool, authorization: str | None) -> bool:
+def allowed(
+    token: str | None, addr: str | None, forwarded: bool, authorization: str | None
+) -> bool:
     """Whether a request may read /metrics."""
     if token and authorization is not None:
         scheme, _, given = authorization.partition(" ")

@@ -11,8 +11,9 @@ from typing import Literal
 
 Kind = Literal["counter", "gauge", "histogram"]
 
-# Upper bounds in seconds, shared by queue wait and request duration: fine steps from 1 ms to 1 s,
-# then on past nginx's default 60 s proxy timeout so histogram_quantile() stays meaningful in overload.
+# Upper bounds in seconds, shared by queue wait and request duration: fine steps from 1 ms to
+# 1 s, then on past nginx's default 60 s proxy timeout, so that histogram_quantile() stays
+# meaningful in overload.
 BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04,
     0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0,
@@ -38,105 +39,182 @@ _ROUTE = ("route", "method")
 _WORKER = ("worker",)
 
 REQUESTS = Metric(
-    "workermeter_requests", "counter", ("route", "method", "status"), "requests",
+    "workermeter_requests",
+    "counter",
+    ("route", "method", "status"),
+    "requests",
     "Requests completed, by route template, method and status class (2xx, 4xx, 5xx...).",
 )
 DURATION = Metric(
-    "workermeter_request_duration_seconds", "histogram", _ROUTE, "seconds",
+    "workermeter_request_duration_seconds",
+    "histogram",
+    _ROUTE,
+    "seconds",
     "Service time: from the app being called until the response body is fully sent.",
 )
 QUEUE_WAIT = Metric(
-    "workermeter_queue_wait_seconds", "histogram", (), "seconds",
+    "workermeter_queue_wait_seconds",
+    "histogram",
+    (),
+    "seconds",
     "Time between the proxy stamping X-Request-Start and the app being called.",
 )
 QUEUE_SKEW = Metric(
-    "workermeter_queue_wait_clock_skew", "counter", (), "requests",
+    "workermeter_queue_wait_clock_skew",
+    "counter",
+    (),
+    "requests",
     "Requests whose proxy timestamp was slightly in the future (clock skew), observed as 0.",
 )
 QUEUE_REJECTED = Metric(
-    "workermeter_queue_wait_rejected", "counter", ("reason",), "requests",
+    "workermeter_queue_wait_rejected",
+    "counter",
+    ("reason",),
+    "requests",
     "Request-start headers not observed: unparsable, future or too_old. A steady rate means a "
     "misconfigured proxy.",
 )
 CPU = Metric(
-    "workermeter_sampled_cpu_seconds", "counter", ("route",), "seconds",
+    "workermeter_sampled_cpu_seconds",
+    "counter",
+    ("route",),
+    "seconds",
     "Thread CPU time of the sampled requests of a route.",
 )
 CPU_WALL = Metric(
-    "workermeter_sampled_duration_seconds", "counter", ("route",), "seconds",
+    "workermeter_sampled_duration_seconds",
+    "counter",
+    ("route",),
+    "seconds",
     "Service time of the same sampled requests; CPU share = rate(cpu) / rate(this).",
 )
 DISCONNECTS = Metric(
-    "workermeter_client_disconnects", "counter", (), "requests",
+    "workermeter_client_disconnects",
+    "counter",
+    (),
+    "requests",
     "Requests whose client went away before the response was complete.",
 )
 WEBSOCKETS = Metric(
-    "workermeter_websocket_connections", "counter", (), "connections",
+    "workermeter_websocket_connections",
+    "counter",
+    (),
+    "connections",
     "WebSocket connections accepted (not counted as requests).",
 )
 CAPACITY = Metric(
-    "workermeter_capacity_threads", "gauge", _WORKER, "slots",
+    "workermeter_capacity_threads",
+    "gauge",
+    _WORKER,
+    "slots",
     "Requests one worker process can serve at once (threads). Absent when unknown.",
 )
 CAPACITY_KNOWN = Metric(
-    "workermeter_capacity_detected", "gauge", _WORKER, "",
+    "workermeter_capacity_detected",
+    "gauge",
+    _WORKER,
+    "",
     "1 when the worker's capacity is known (threads= option or detected), 0 when it is not.",
 )
 IN_FLIGHT = Metric(
-    "workermeter_in_flight_requests", "gauge", _WORKER, "requests",
+    "workermeter_in_flight_requests",
+    "gauge",
+    _WORKER,
+    "requests",
     "Requests being served right now.",
 )
 OPEN_WEBSOCKETS = Metric(
-    "workermeter_open_websockets", "gauge", _WORKER, "connections",
+    "workermeter_open_websockets",
+    "gauge",
+    _WORKER,
+    "connections",
     "WebSocket connections open right now.",
 )
 BUSY = Metric(
-    "workermeter_busy_seconds", "counter", _WORKER, "seconds",
+    "workermeter_busy_seconds",
+    "counter",
+    _WORKER,
+    "seconds",
     "Slot-seconds spent serving requests, including the elapsed part of running ones. "
     "rate() of it over capacity is utilisation.",
 )
 ALL_BUSY = Metric(
-    "workermeter_all_slots_busy_seconds", "counter", _WORKER, "seconds",
+    "workermeter_all_slots_busy_seconds",
+    "counter",
+    _WORKER,
+    "seconds",
     "Seconds during which every slot of the worker was busy.",
 )
 BUSY_SLOTS = Metric(
-    "workermeter_busy_slots_seconds", "counter", ("worker", "busy"), "seconds",
+    "workermeter_busy_slots_seconds",
+    "counter",
+    ("worker", "busy"),
+    "seconds",
     "Seconds spent with exactly `busy` requests in flight: the time-weighted distribution of "
     "concurrency.",
 )
 WORKER_START = Metric(
-    "workermeter_worker_start_time_seconds", "gauge", _WORKER, "seconds",
+    "workermeter_worker_start_time_seconds",
+    "gauge",
+    _WORKER,
+    "seconds",
     "Unix time the worker process started recording.",
 )
 WORKER_PID = Metric(
-    "workermeter_worker_pid", "gauge", _WORKER, "",
+    "workermeter_worker_pid",
+    "gauge",
+    _WORKER,
+    "",
     "Process id of the live worker holding this slot.",
 )
 WORKERS = Metric(
-    "workermeter_workers", "gauge", (), "processes",
+    "workermeter_workers",
+    "gauge",
+    (),
+    "processes",
     "Live worker processes writing to this store.",
 )
 RSS = Metric(
-    "workermeter_process_resident_memory_bytes", "gauge", _WORKER, "bytes",
+    "workermeter_process_resident_memory_bytes",
+    "gauge",
+    _WORKER,
+    "bytes",
     "Resident set size of the worker process.",
 )
 USS = Metric(
-    "workermeter_process_unique_memory_bytes", "gauge", _WORKER, "bytes",
+    "workermeter_process_unique_memory_bytes",
+    "gauge",
+    _WORKER,
+    "bytes",
     "Unique set size: memory freed if the worker process exited.",
 )
 PROCESS_CPU = Metric(
-    "workermeter_process_cpu_seconds", "counter", _WORKER, "seconds",
+    "workermeter_process_cpu_seconds",
+    "counter",
+    _WORKER,
+    "seconds",
     "User + system CPU time of the worker process (restarts with the process).",
 )
 HOST_MEMORY = Metric(
-    "workermeter_host_memory_total_bytes", "gauge", (), "bytes", "Physical memory of the host.",
+    "workermeter_host_memory_total_bytes",
+    "gauge",
+    (),
+    "bytes",
+    "Physical memory of the host.",
 )
 HOST_AVAILABLE = Metric(
-    "workermeter_host_memory_available_bytes", "gauge", (), "bytes",
+    "workermeter_host_memory_available_bytes",
+    "gauge",
+    (),
+    "bytes",
     "Memory available for new processes without swapping.",
 )
 HOST_CPUS = Metric(
-    "workermeter_host_cpu_count", "gauge", (), "cores", "Logical CPUs the host has.",
+    "workermeter_host_cpu_count",
+    "gauge",
+    (),
+    "cores",
+    "Logical CPUs the host has.",
 )
 
 METRICS: tuple[Metric, ...] = (
@@ -162,5 +240,7 @@ def markdown_table() -> str:
     for metric in METRICS:
         names = ", ".join(f"`{n}`" for n in sample_names(metric))
         labels = ", ".join(f"`{label}`" for label in metric.labels) or "—"
-        rows.append(f"| {names} | {metric.kind} | {labels} | {metric.unit or '—'} | {metric.help} |")
+        rows.append(
+            f"| {names} | {metric.kind} | {labels} | {metric.unit or '—'} | {metric.help} |"
+        )
     return "\n".join(rows) + "\n"

@@ -40,8 +40,9 @@ def build(
     """Validate the middleware's options; raise ``ValueError`` saying what to do."""
     if route is not None and not callable(route):
         raise ValueError(f"route must be a callable returning the route template, got {route!r}")
-    if metrics_path is not None and (not isinstance(metrics_path, str) or not
-                                     metrics_path.startswith("/")):
+    if metrics_path is not None and (
+        not isinstance(metrics_path, str) or not metrics_path.startswith("/")
+    ):
         raise ValueError(
             f"metrics_path must be a path starting with '/' (or None to not serve metrics), "
             f"got {metrics_path!r}"

@@ -40,7 +40,9 @@ P_DISCONNECTS = P_REJECTED + len(REJECT_REASONS)
 P_WEBSOCKETS = P_DISCONNECTS + 1
 PROCESS_VALUES = P_WEBSOCKETS + 1
 
-METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"))
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+)
 ROUTE_LIMIT = 200  # distinct route labels kept by default
 CPU_SAMPLE = 16  # by default 1 request in 16 has its CPU time measured
 UNMATCHED = "<unmatched>"
@@ -258,7 +260,9 @@ class Recorder:
     ) -> None:
         _check_int("threads", threads, 1, "requests one worker process serves at once", none=True)
         _check_int("route_limit", route_limit, 1, "distinct route labels to keep")
-        _check_int("cpu_sample", cpu_sample, 0, "1 in N requests gets its CPU time measured; 0: none")
+        _check_int(
+            "cpu_sample", cpu_sample, 0, "1 in N requests gets its CPU time measured; 0: none"
+        )
         self._directory = directory
         self.threads = threads
         self.route_limit = route_limit

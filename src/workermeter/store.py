@@ -87,7 +87,9 @@ def ensure_private_dir(path: Path) -> Path:
         path.mkdir(mode=0o700)
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise ValueError(f"workermeter store {path} must be a real directory, not a symlink or file")
+        raise ValueError(
+            f"workermeter store {path} must be a real directory, not a symlink or file"
+        )
     if st.st_uid != os.geteuid():
         raise ValueError(
             f"workermeter store {path} belongs to uid {st.st_uid}, not to this user; "
@@ -296,7 +298,11 @@ def _records(words: memoryview, first: int, path: Path) -> Iterator[tuple[int, s
     while pos < used:
         size, kind, _lane, key_len = words[pos : pos + RECORD_HEADER]
         key_words = (key_len + 7) // 8
-        if kind not in (ROUTE, PROCESS, LEVELS, FOLDED) or key_len < 0 or size < RECORD_HEADER + key_words:
+        if (
+            kind not in (ROUTE, PROCESS, LEVELS, FOLDED)
+            or key_len < 0
+            or size < RECORD_HEADER + key_words
+        ):
             _warn_once(path, f"corrupt record at word {pos}")
             return
         if pos + size > used:
@@ -378,8 +384,11 @@ class Store:
                     (int(index), Path(entry.path))
                 )
         groups = {k: [p for _, p in sorted(v)] for k, v in found.items()}
-        return {k: v for k, v in groups.items() if v[0].name.endswith("-0.wm") and
-                _read_words(v[0]) is not None}
+        return {
+            k: v
+            for k, v in groups.items()
+            if v[0].name.endswith("-0.wm") and _read_words(v[0]) is not None
+        }
 
     def _read_all(self) -> tuple[Snapshot, bool]:
         snap = Snapshot()
@@ -515,7 +524,9 @@ def _lock_if_dead(path: Path) -> int | None:
 def _write_archive(path: Path, snap: Snapshot) -> None:
     """Write the merged totals of the dead as one file, replacing the old archive atomically."""
     body = bytearray()
-    entries: list[tuple[int, str, list[int]]] = [(k, key, v) for (k, key), v in snap.records.items()]
+    entries: list[tuple[int, str, list[int]]] = [
+        (k, key, v) for (k, key), v in snap.records.items()
+    ]
     entries += [(LEVELS, str(slot), above) for slot, above in snap.levels.items()]
     entries += [(FOLDED, ident, []) for ident in sorted(snap.folded)]
     for kind, key, values in entries:

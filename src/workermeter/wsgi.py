@@ -155,7 +155,8 @@ class WSGIMiddleware:
         if found.threads is None and self.recorder.threads is None:
             log.warning(
                 "workermeter: %s does not say how many requests a worker serves at once; "
-                "pass threads=N to WSGIMiddleware for utilisation to be known", found.server
+                "pass threads=N to WSGIMiddleware for utilisation to be known",
+                found.server,
             )
         elif self.recorder.threads is None:
             log.info("workermeter: %s, %s threads per process (%s)", found.server,
@@ -168,12 +169,14 @@ class WSGIMiddleware:
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or not allowed(
             opts.token, environ.get("REMOTE_ADDR"), forwarded, environ.get("HTTP_AUTHORIZATION")
         ):
-            start_response("404 Not Found", [("Content-Type", "text/plain"),
-                                             ("Content-Length", "10")])
+            start_response(
+                "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
+            )
             return [b"Not Found\n"]
         body, content_type = opts.exposition.render(environ.get("HTTP_ACCEPT"))
-        start_response("200 OK", [("Content-Type", content_type),
-                                  ("Content-Length", str(len(body)))])
+        start_response(
+            "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        )
         return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
 
 
