@@ -281,3 +281,21 @@ def test_many_routes_spill_into_more_chunks(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob(f"w0-{os.getpid()}-*.wm"))) >= 2
     snap = s.Store(tmp_path, clock=clock).collect()
     assert sum(route_count(snap, f"/r{i}") for i in range(3000)) == 3000
+
+
+def test_stores_of_gone_servers_are_swept(tmp_path: Path) -> None:
+    from workermeter.instance import sweep
+
+    clock = Clock()
+    base = s.ensure_private_dir(tmp_path / "base")
+    gone, live, young, mine = (base / n for n in ("sock-1", "sock-2", "sock-3", "sock-4"))
+    in_child(lambda: record(Recorder(directory=gone, clock=clock), "/x", 1))
+    record(Recorder(directory=live, clock=clock), "/x", 1)
+    in_child(lambda: record(Recorder(directory=young, clock=clock), "/x", 1))
+    mine.mkdir()
+    (base / "unrelated").mkdir()
+    old = time.time() - 3600
+    for d in (gone, live, mine, base / "unrelated"):
+        os.utime(d, (old, old))
+    assert sweep(base, keep=mine) == [gone]
+    assert sorted(p.name for p in base.iterdir()) == ["sock-2", "sock-3", "sock-4", "unrelated"]

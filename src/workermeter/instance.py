@@ -9,9 +9,12 @@ same machine. A process with no listening socket is an instance of its own.
 from __future__ import annotations
 
 import os
+import shutil
+import stat
+import time
 from pathlib import Path
 
-from .store import default_base, ensure_private_dir
+from .store import default_base, ensure_private_dir, has_live_worker
 
 ENV_DIR = "WORKERMETER_DIR"
 
@@ -78,4 +81,33 @@ def default_directory() -> Path:
     env = os.environ.get(ENV_DIR)
     if env:
         return Path(env)
-    return ensure_private_dir(default_base()) / instance_key()
+    base = ensure_private_dir(default_base())
+    mine = base / instance_key()
+    sweep(base, keep=mine)
+    return mine
+
+
+def sweep(base: Path, *, keep: Path, min_age: float = 600.0) -> list[Path]:
+    """Remove the stores of server instances that are gone: no live worker, unchanged for
+    ``min_age`` seconds. Each server start makes a new store, which would otherwise stay in
+    RAM under /dev/shm until the next reboot."""
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:  # the base vanished or is unreadable: nothing to tidy
+        return removed
+    now = time.time()
+    for entry in entries:
+        path = Path(entry.path)
+        if path == keep or not entry.name.startswith(("sock-", "pid-")):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:  # removed by another process meanwhile
+            continue
+        if not stat.S_ISDIR(st.st_mode) or now - st.st_mtime < min_age:
+            continue
+        if not has_live_worker(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

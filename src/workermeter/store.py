@@ -493,6 +493,17 @@ def _identity(path: Path) -> str | None:
     return f"{path.name}@{words[H_START_WALL_NS]}"
 
 
+def has_live_worker(directory: Path) -> bool:
+    """Whether any worker process still holds a region in the store ``directory``."""
+    try:
+        names = os.listdir(directory)
+    except OSError:  # gone or unreadable: nobody can be writing to it
+        return False
+    return any(
+        _is_alive(directory / name) for name in names if _NAME.match(name) and name.endswith("-0.wm")
+    )
+
+
 def _is_alive(path: Path) -> bool | None:
     """True when the owner still holds chunk 0's lock; None when the file is gone."""
     try:
