@@ -499,9 +499,8 @@ def has_live_worker(directory: Path) -> bool:
         names = os.listdir(directory)
     except OSError:  # gone or unreadable: nobody can be writing to it
         return False
-    return any(
-        _is_alive(directory / name) for name in names if _NAME.match(name) and name.endswith("-0.wm")
-    )
+    firsts = [name for name in names if _NAME.match(name) and name.endswith("-0.wm")]
+    return any(_is_alive(directory / name) for name in firsts)
 
 
 def _is_alive(path: Path) -> bool | None:
