@@ -1,0 +1,5 @@
+import sys
+
+from workermeter.cli import main
+
+sys.exit(main())
