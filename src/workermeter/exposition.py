@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from . import metrics as m
 from . import recorder as r
 from .instance import default_directory
+from .listeners import Listener, listening
 from .store import PROCESS, ROUTE, Snapshot, Store, WorkerState
 
 _LE = [*(repr(b) for b in m.BUCKETS), "+Inf"]
@@ -63,10 +64,12 @@ class StoreCollector(Collector):
         *,
         processes: Callable[[int], tuple[int, int, float] | None] | None = None,
         host: Callable[[], tuple[int, int, int]] | None = None,
+        listeners: Callable[[], dict[int, Listener]] | None = None,
     ) -> None:
         self._store = store
         self._processes = processes or process_usage
         self._host = host or host_usage
+        self._listeners = listeners or listening
 
     def collect(self) -> Iterator[Metric]:
         snap = self._store().collect()
@@ -74,6 +77,16 @@ class StoreCollector(Collector):
         yield from self._process_records(snap)
         yield from self._workers(snap)
         yield from self._usage(snap.workers)
+        yield self._backlog(snap.workers)
+
+    def _backlog(self, workers: list[WorkerState]) -> Metric:
+        backlog = _family(m.LISTEN_BACKLOG)
+        inodes = {inode for w in workers for inode in w.listeners}
+        if inodes:
+            for listener in sorted(self._listeners().values(), key=lambda x: x.address):
+                if listener.inode in inodes:
+                    backlog.add_metric([listener.address], listener.queued)
+        return backlog
 
     def _requests(self, snap: Snapshot) -> Iterator[Metric]:
         requests = _family(m.REQUESTS)

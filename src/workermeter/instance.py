@@ -14,63 +14,14 @@ import stat
 import time
 from pathlib import Path
 
+from .listeners import own_listening_inodes
 from .store import default_base, ensure_private_dir, has_live_worker
 
 ENV_DIR = "WORKERMETER_DIR"
 
 
-def socket_inodes(proc: Path = Path("/proc"), pid: str = "self") -> set[int]:
-    """Inodes of the sockets this process has open."""
-    inodes: set[int] = set()
-    fd_dir = proc / pid / "fd"
-    try:
-        names = os.listdir(fd_dir)
-    except OSError:  # no /proc (not Linux) or no permission
-        return inodes
-    for name in names:
-        try:
-            target = os.readlink(fd_dir / name)
-        except OSError:  # the descriptor was closed while we listed them
-            continue
-        if target.startswith("socket:["):
-            inodes.add(int(target[8:-1]))
-    return inodes
-
-
-def listening_inodes(proc: Path = Path("/proc"), pid: str = "self") -> list[int]:
-    """Inodes of the listening TCP and Unix sockets this process holds, sorted."""
-    mine = socket_inodes(proc, pid)
-    if not mine:
-        return []
-    listening: set[int] = set()
-    for table in ("tcp", "tcp6"):
-        for fields in _table(proc / pid / "net" / table):
-            # sl local rem st tx:rx tr:when retrnsmt uid timeout inode; st 0A is LISTEN
-            if len(fields) > 9 and fields[3] == "0A" and fields[9].isdigit():
-                listening.add(int(fields[9]))
-    for fields in _table(proc / pid / "net" / "unix"):
-        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON
-        if len(fields) > 6 and fields[6].isdigit():
-            try:
-                flags = int(fields[3], 16)
-            except ValueError:
-                continue
-            if flags & 0x10000:
-                listening.add(int(fields[6]))
-    return sorted(mine & listening)
-
-
-def _table(path: Path) -> list[list[str]]:
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()[1:]
-    except OSError:  # absent on this kernel, or the IPv6 table when IPv6 is disabled
-        return []
-    return [line.split() for line in lines]
-
-
 def instance_key(proc: Path = Path("/proc")) -> str:
-    inodes = listening_inodes(proc)
+    inodes = own_listening_inodes(proc)
     if inodes:
         return "sock-" + "-".join(str(i) for i in inodes[:4])
     return f"pid-{os.getpid()}"

@@ -195,6 +195,11 @@ PROCESS_CPU = Metric(
     "seconds",
     "User + system CPU time of the worker process (restarts with the process).",
 )
+LISTEN_BACKLOG = Metric(
+    "workermeter_listen_backlog", "gauge", ("listener",), "connections",
+    "Connections waiting in the kernel's accept queue of the server's listening socket "
+    "(host:port or Unix socket path): queueing seen without any proxy header.",
+)
 HOST_MEMORY = Metric(
     "workermeter_host_memory_total_bytes",
     "gauge",
@@ -220,8 +225,8 @@ HOST_CPUS = Metric(
 METRICS: tuple[Metric, ...] = (
     REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, CPU, CPU_WALL, DISCONNECTS,
     WEBSOCKETS, CAPACITY, CAPACITY_KNOWN, IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS,
-    WORKER_START, WORKER_PID, WORKERS, RSS, USS, PROCESS_CPU, HOST_MEMORY, HOST_AVAILABLE,
-    HOST_CPUS,
+    WORKER_START, WORKER_PID, WORKERS, RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, HOST_MEMORY,
+    HOST_AVAILABLE, HOST_CPUS,
 )  # fmt: skip
 
 

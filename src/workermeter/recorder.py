@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import store as _store
+from .listeners import own_listening_inodes
 from .metrics import BUCKETS_NS
 from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE, parse_timestamp, queue_wait_one
 
@@ -145,6 +146,7 @@ class Active:
         self.region = recorder.store().attach(
             capacity=recorder.threads or capacity or 0,
             start_wall_ns=int(recorder.wall_clock() * 1e9),
+            listeners=own_listening_inodes(),
         )
         self.header = self.region.header
         self.cpu_sample = recorder.cpu_sample

@@ -29,7 +29,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,8 @@ H_START_WALL_NS = 5
 H_START_MONO_NS = 6
 H_LEVEL = 7  # requests in flight
 H_WEBSOCKETS = 8  # websocket connections open
+H_LISTENERS = 9  # inodes of up to MAX_LISTENERS listening sockets the worker serves, 0 for none
+MAX_LISTENERS = 4
 HEADER_WORDS = 16
 
 # Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
@@ -127,7 +129,13 @@ class Region:
     """The part of the store one worker process writes."""
 
     def __init__(
-        self, directory: Path, *, capacity: int, clock: Callable[[], int], start_wall_ns: int
+        self,
+        directory: Path,
+        *,
+        capacity: int,
+        clock: Callable[[], int],
+        start_wall_ns: int,
+        listeners: Sequence[int] = (),
     ) -> None:
         self.directory = directory
         self.pid = os.getpid()
@@ -144,6 +152,8 @@ class Region:
         h[H_CAPACITY] = capacity
         h[H_START_WALL_NS] = start_wall_ns
         h[H_START_MONO_NS] = clock()
+        for i, inode in enumerate(listeners[:MAX_LISTENERS]):
+            h[H_LISTENERS + i] = inode
         self.header = h
         # Chunk 0 is published under its final name only once locked and filled in, so a scrape
         # never mistakes a worker being born for a dead one.
@@ -230,7 +240,8 @@ class WorkerState:
     start_wall: float
     level: int
     websockets: int
-    above_ns: list[int]  # above_ns[k]: ns with at least k in flight; [0] is the time observed
+    above_ns: list[int]
+    listeners: tuple[int, ...] = ()  # above_ns[k]: ns with at least k in flight; [0] is the time observed
 
 
 @dataclass
@@ -348,10 +359,18 @@ class Store:
         self.directory = ensure_private_dir(directory)
         self.clock = clock
 
-    def attach(self, *, capacity: int, start_wall_ns: int | None = None) -> Region:
+    def attach(
+        self, *, capacity: int, start_wall_ns: int | None = None, listeners: Sequence[int] = ()
+    ) -> Region:
         """Claim a slot and create this process's region."""
         wall = time.time_ns() if start_wall_ns is None else start_wall_ns
-        return Region(self.directory, capacity=capacity, clock=self.clock, start_wall_ns=wall)
+        return Region(
+            self.directory,
+            capacity=capacity,
+            clock=self.clock,
+            start_wall_ns=wall,
+            listeners=listeners,
+        )
 
     @contextlib.contextmanager
     def _dir_lock(self, how: int) -> Iterator[None]:
@@ -431,6 +450,9 @@ class Store:
                             level=words[H_LEVEL],
                             websockets=words[H_WEBSOCKETS],
                             above_ns=above,
+                            listeners=tuple(
+                                i for i in words[H_LISTENERS : H_LISTENERS + MAX_LISTENERS] if i
+                            ),
                         )
                     )
             self._merge(snap, words, FIRST_RECORD if index == 0 else HEADER_WORDS, path)
