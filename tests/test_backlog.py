@@ -9,8 +9,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import requests
-from servers import gunicorn, parse, warm
 
+from servers import gunicorn, parse, warm
 from workermeter.exposition import Exposition
 from workermeter.store import Store
 

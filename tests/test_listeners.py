@@ -71,7 +71,7 @@ TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retr
    0: 0100007F:1F90 00000000:0000 0A 00000000:00000007 00:00000000 00000000  1000        0 4242 1 0
    1: 0100007F:1F90 0100007F:D431 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0
    2: garbage line
-"""
+"""  # noqa: E501
 TCP6 = """  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
    0: 00000000000000000000000001000000:1F91 00000000000000000000000000000000:0000 0A 00000000:00000002 00:00000000 00000000  1000        0 5151 1 0
 """  # noqa: E501

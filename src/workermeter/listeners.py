@@ -2,8 +2,9 @@
 
 Connections a worker has not accepted yet wait in the kernel's accept queue of the listening
 socket: queueing that shows even when no proxy stamps ``X-Request-Start``. For a TCP socket in
-LISTEN state, ``/proc/net/tcp{,6}`` gives the queue's length as ``rx_queue``. For a Unix socket, each connection still waiting to be accepted is listed in
-``/proc/net/unix`` in the connecting state (02) under the listener's path.
+LISTEN state, ``/proc/net/tcp{,6}`` gives the queue's length as ``rx_queue``. For a Unix socket,
+each connection still waiting to be accepted is listed in ``/proc/net/unix`` in the connecting
+state (02) under the listener's path.
 """
 
 from __future__ import annotations

@@ -240,8 +240,8 @@ class WorkerState:
     start_wall: float
     level: int
     websockets: int
-    above_ns: list[int]
-    listeners: tuple[int, ...] = ()  # above_ns[k]: ns with at least k in flight; [0] is the time observed
+    above_ns: list[int]  # above_ns[k]: ns with at least k in flight; [0] is the time observed
+    listeners: tuple[int, ...] = ()
 
 
 @dataclass
