@@ -17,7 +17,9 @@ def inode_of(sock: socket.socket) -> int:
 
 
 @contextmanager
-def waiting_clients(family: int, address: object, n: int) -> Iterator[list[socket.socket]]:
+def waiting_clients(
+    family: int, address: tuple[str, int] | str, n: int
+) -> Iterator[list[socket.socket]]:
     with ExitStack() as stack:
         clients = []
         for _ in range(n):

@@ -80,7 +80,9 @@ class StoreCollector(Collector):
         yield self._backlog(snap.workers)
 
     def _backlog(self, workers: list[WorkerState]) -> Metric:
-        backlog: Metric = _family(m.LISTEN_BACKLOG)
+        backlog = GaugeMetricFamily(
+            m.LISTEN_BACKLOG.name, m.LISTEN_BACKLOG.help, labels=["listener"]
+        )
         inodes = {inode for w in workers for inode in w.listeners}
         if inodes:
             for listener in sorted(self._listeners().values(), key=lambda x: x.address):
