@@ -832,3 +832,42 @@ def test_cpu_sampling(
     s = scrape(mw)
     assert value(s, "workermeter_sampled_cpu_seconds_total", route="/cpu") == cpu
     assert value(s, "workermeter_sampled_duration_seconds_total", route="/cpu") == wall
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+@pytest.mark.parametrize(
+    ("length", "observed"),
+    [
+        pytest.param(None, True, id="no-body"),
+        pytest.param("", True, id="empty-length"),
+        pytest.param("0", True, id="zero"),
+        pytest.param("100000", True, id="at-the-limit"),
+        pytest.param("100001", False, id="over-the-limit"),
+        pytest.param("junk", True, id="malformed"),
+    ],
+)
+def test_large_upload_is_kept_out_of_queue_wait(
+    recorder: Recorder, length: str | None, observed: bool
+) -> None:
+    mw = WSGIMiddleware(ok_app, recorder=recorder)
+    environ = make_environ("/", "POST", HTTP_X_REQUEST_START=_ago(0.1))
+    if length is not None:
+        environ["CONTENT_LENGTH"] = length
+    assert get(mw, environ).status == "200 OK"
+    samples = scrape(mw)
+    assert value(samples, "workermeter_queue_wait_seconds_count") == (1 if observed else 0)
+    assert value(samples, "workermeter_queue_wait_uploads_total") == (0 if observed else 1)
+
+
+def test_upload_limit_is_an_option(recorder: Recorder) -> None:
+    rec = Recorder(
+        directory=recorder.store().directory, upload_bytes=10, wall_clock=recorder.wall_clock
+    )
+    mw = WSGIMiddleware(ok_app, recorder=rec)
+    environ = make_environ("/", "POST", HTTP_X_REQUEST_START=_ago(0.1), CONTENT_LENGTH="11")
+    get(mw, environ)
+    assert value(scrape(mw), "workermeter_queue_wait_uploads_total") == 1
+    with pytest.raises(ValueError, match="upload_bytes must be an int >= 0"):
+        WSGIMiddleware(ok_app, upload_bytes=-1)

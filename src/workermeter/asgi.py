@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_scope
-from .recorder import P_DISCONNECTS, P_WEBSOCKETS, UNMATCHED, Active, Recorder, status_index
+from .recorder import (
+    P_DISCONNECTS,
+    P_UPLOADS,
+    P_WEBSOCKETS,
+    UNMATCHED,
+    Active,
+    Recorder,
+    content_longer,
+    status_index,
+)
 from .request_start import queue_wait
 
 log = logging.getLogger("workermeter")
@@ -53,6 +64,7 @@ class ASGIMiddleware:
         directory: str | os.PathLike[str] | None = None,
         route_limit: int | None = None,
         cpu_sample: int | None = None,
+        upload_bytes: int | None = None,
         max_skew: float = 2.0,
         max_age: float = 600.0,
         recorder: Recorder | None = None,
@@ -62,6 +74,7 @@ class ASGIMiddleware:
         opts = _options.build(
             route=route, threads=threads, metrics_path=metrics_path, token=token,
             directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
+            upload_bytes=upload_bytes,
             max_skew=max_skew, max_age=max_age, recorder=recorder,
         )  # fmt: skip
         self.app = app
@@ -71,6 +84,8 @@ class ASGIMiddleware:
         self._metrics_path = opts.metrics_path
         self._max_skew = opts.max_skew
         self._max_age = opts.max_age
+        self._upload_bytes = self.recorder.upload_bytes
+        self._probe: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -103,7 +118,9 @@ class ASGIMiddleware:
             if name == b"x-request-start" or name == b"x-queue-start":
                 start = value if start is None else (start, value)
         if start is not None:
-            if type(start) is bytes:
+            if self._upload(scope["headers"]):
+                lane.count(P_UPLOADS)
+            elif type(start) is bytes:
                 lane.request_start(
                     start.decode("latin-1"), rec.wall_clock(), self._max_skew, self._max_age
                 )
@@ -141,6 +158,12 @@ class ASGIMiddleware:
                 lane.count(P_DISCONNECTS)
             lane.request(route, scope.get("method", ""), status_index(status), t1 - t0, cpu)
 
+    def _upload(self, headers: Any) -> bool:
+        for name, value in headers:
+            if name == b"content-length":
+                return content_longer(value, self._upload_bytes)
+        return False
+
     def _activate(self) -> Active:
         rec = self.recorder
         if rec.threads is None:
@@ -149,7 +172,10 @@ class ASGIMiddleware:
                 "ASGIMiddleware for utilisation to be computed"
             )
         # Requests of one event loop run in one thread: the level needs no lock.
-        return rec.activate(multithread=False, capacity=None)
+        active = rec.activate(multithread=False, capacity=None)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(probe(active, PROBE_INTERVAL))
+        return active
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         active = self.recorder.active or self._activate()
@@ -202,3 +228,34 @@ def _flatten(start: Any) -> list[bytes]:
         return [start]
     first, last = start
     return [*_flatten(first), last]
+
+
+PROBE_INTERVAL = 0.5  # seconds between event-loop lag probes
+
+
+async def probe(active: Active, interval: float) -> None:
+    """Measure how late the event loop wakes up a sleeper, and sample the thread pool that runs
+    the app's sync code, every ``interval`` seconds while the loop runs."""
+    loop = asyncio.get_running_loop()
+    lane = active.lane()  # the loop's thread: the lane the requests of this loop use too
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        lane.loop_lag(max(loop.time() - due, 0.0))
+        pool = thread_pool()
+        if pool is not None:
+            active.thread_pool(*pool)
+
+
+def thread_pool() -> tuple[int, int] | None:
+    """(size, in use) of anyio's default thread limiter, which Starlette and FastAPI run sync
+    endpoints under; None when the app does not use anyio."""
+    to_thread = sys.modules.get("anyio.to_thread")
+    if to_thread is None:
+        return None
+    try:
+        limiter = to_thread.current_default_thread_limiter()
+        return int(limiter.total_tokens), int(limiter.borrowed_tokens)
+    except (RuntimeError, LookupError, OverflowError, TypeError):
+        # Not inside an anyio-aware loop, or an infinite limit: nothing to report.
+        return None

@@ -114,7 +114,8 @@ class StoreCollector(Collector):
         yield from (requests, duration, cpu, cpu_wall)
 
     def _process_records(self, snap: Snapshot) -> Iterator[Metric]:
-        values = snap.records.get((PROCESS, ""), [0] * r.PROCESS_VALUES)
+        values = snap.records.get((PROCESS, ""), [])
+        values = values + [0] * (r.PROCESS_VALUES - len(values))  # written by an older version
         wait = _family(m.QUEUE_WAIT)
         buckets, total = _histogram(values, r.P_QUEUE, values[r.P_QUEUE_SUM])
         wait.add_metric([], buckets, total)
@@ -127,7 +128,12 @@ class StoreCollector(Collector):
         disconnects.add_metric([], values[r.P_DISCONNECTS])
         websockets = _family(m.WEBSOCKETS)
         websockets.add_metric([], values[r.P_WEBSOCKETS])
-        yield from (wait, skew, rejected, disconnects, websockets)
+        uploads = _family(m.QUEUE_UPLOADS)
+        uploads.add_metric([], values[r.P_UPLOADS])
+        lag = _family(m.LOOP_LAG)
+        buckets, total = _histogram(values, r.P_LAG, values[r.P_LAG_SUM])
+        lag.add_metric([], buckets, total)
+        yield from (wait, skew, rejected, uploads, disconnects, websockets, lag)
 
     def _workers(self, snap: Snapshot) -> Iterator[Metric]:
         live = {w.slot: w for w in snap.workers}
@@ -152,6 +158,8 @@ class StoreCollector(Collector):
         open_ws = _family(m.OPEN_WEBSOCKETS)
         started = _family(m.WORKER_START)
         pid = _family(m.WORKER_PID)
+        pool_size = _family(m.POOL_SIZE)
+        pool_in_use = _family(m.POOL_IN_USE)
         for w in snap.workers:
             labels = [str(w.slot)]
             if w.capacity:
@@ -161,9 +169,13 @@ class StoreCollector(Collector):
             open_ws.add_metric(labels, max(w.websockets, 0))
             started.add_metric(labels, w.start_wall)
             pid.add_metric(labels, w.pid)
+            if w.pool_size:
+                pool_size.add_metric(labels, w.pool_size)
+                pool_in_use.add_metric(labels, w.pool_in_use)
         workers = _family(m.WORKERS)
         workers.add_metric([], len(snap.workers))
-        yield from (capacity, known, in_flight, open_ws, started, pid, workers)
+        yield from (capacity, known, in_flight, open_ws, started, pid, workers, pool_size,
+                    pool_in_use)  # fmt: skip
 
     def _usage(self, workers: list[WorkerState]) -> Iterator[Metric]:
         rss = _family(m.RSS)

@@ -74,6 +74,15 @@ QUEUE_REJECTED = Metric(
     "Request-start headers not observed: unparsable, future or too_old. A steady rate means a "
     "misconfigured proxy.",
 )
+QUEUE_UPLOADS = Metric(
+    "workermeter_queue_wait_uploads",
+    "counter",
+    (),
+    "requests",
+    "Requests whose queue wait was not observed because their body was larger than "
+    "upload_bytes: a proxy that forwards before the body has arrived makes uploads look like "
+    "queueing.",
+)
 CPU = Metric(
     "workermeter_sampled_cpu_seconds",
     "counter",
@@ -101,6 +110,27 @@ WEBSOCKETS = Metric(
     (),
     "connections",
     "WebSocket connections accepted (not counted as requests).",
+)
+LOOP_LAG = Metric(
+    "workermeter_event_loop_lag_seconds",
+    "histogram",
+    (),
+    "seconds",
+    "How late an ASGI worker's event loop ran a timer that was due: time the loop was blocked.",
+)
+POOL_SIZE = Metric(
+    "workermeter_thread_pool_size",
+    "gauge",
+    _WORKER,
+    "threads",
+    "Threads of the pool that runs an async app's sync code (anyio's default limiter).",
+)
+POOL_IN_USE = Metric(
+    "workermeter_thread_pool_in_use",
+    "gauge",
+    _WORKER,
+    "threads",
+    "Threads of that pool in use when last sampled: at the size, the pool is exhausted.",
 )
 CAPACITY = Metric(
     "workermeter_capacity_threads",
@@ -196,7 +226,10 @@ PROCESS_CPU = Metric(
     "User + system CPU time of the worker process (restarts with the process).",
 )
 LISTEN_BACKLOG = Metric(
-    "workermeter_listen_backlog", "gauge", ("listener",), "connections",
+    "workermeter_listen_backlog",
+    "gauge",
+    ("listener",),
+    "connections",
     "Connections waiting in the kernel's accept queue of the server's listening socket "
     "(host:port or Unix socket path): queueing seen without any proxy header.",
 )
@@ -223,10 +256,10 @@ HOST_CPUS = Metric(
 )
 
 METRICS: tuple[Metric, ...] = (
-    REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, CPU, CPU_WALL, DISCONNECTS,
-    WEBSOCKETS, CAPACITY, CAPACITY_KNOWN, IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS,
-    WORKER_START, WORKER_PID, WORKERS, RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, HOST_MEMORY,
-    HOST_AVAILABLE, HOST_CPUS,
+    REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS, CPU, CPU_WALL,
+    DISCONNECTS, WEBSOCKETS, LOOP_LAG, POOL_SIZE, POOL_IN_USE, CAPACITY, CAPACITY_KNOWN,
+    IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID, WORKERS,
+    RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, HOST_MEMORY, HOST_AVAILABLE, HOST_CPUS,
 )  # fmt: skip
 
 

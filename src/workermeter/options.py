@@ -9,7 +9,7 @@ from typing import Any
 
 from .exposition import Exposition
 from .instance import default_directory
-from .recorder import CPU_SAMPLE, ROUTE_LIMIT, Recorder
+from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Recorder
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
 
@@ -33,6 +33,7 @@ def build(
     directory: str | os.PathLike[str] | None,
     route_limit: int | None,
     cpu_sample: int | None,
+    upload_bytes: int | None,
     max_skew: float,
     max_age: float,
     recorder: Recorder | None,
@@ -60,10 +61,11 @@ def build(
             threads=threads,
             route_limit=ROUTE_LIMIT if route_limit is None else route_limit,
             cpu_sample=CPU_SAMPLE if cpu_sample is None else cpu_sample,
+            upload_bytes=UPLOAD_BYTES if upload_bytes is None else upload_bytes,
         )
     else:
         given = {"directory": directory, "threads": threads, "route_limit": route_limit,
-                 "cpu_sample": cpu_sample}  # fmt: skip
+                 "cpu_sample": cpu_sample, "upload_bytes": upload_bytes}  # fmt: skip
         clash = [name for name, value in given.items() if value is not None]
         if clash:
             raise ValueError(f"pass {', '.join(clash)} to the Recorder, not beside recorder=")

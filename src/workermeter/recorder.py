@@ -39,12 +39,16 @@ REJECT_REASONS = (UNPARSABLE, FUTURE, TOO_OLD)
 P_REJECTED = P_SKEW + 1
 P_DISCONNECTS = P_REJECTED + len(REJECT_REASONS)
 P_WEBSOCKETS = P_DISCONNECTS + 1
-PROCESS_VALUES = P_WEBSOCKETS + 1
+P_UPLOADS = P_WEBSOCKETS + 1
+P_LAG = P_UPLOADS + 1
+P_LAG_SUM = P_LAG + NBUCKETS
+PROCESS_VALUES = P_LAG_SUM + 1
 
 METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
 )
 ROUTE_LIMIT = 200  # distinct route labels kept by default
+UPLOAD_BYTES = 100_000  # larger request bodies are kept out of the queue wait by default
 CPU_SAMPLE = 16  # by default 1 request in 16 has its CPU time measured
 UNMATCHED = "<unmatched>"
 OTHER = "<other>"
@@ -59,6 +63,14 @@ _H_LEVEL = _store.H_LEVEL
 def status_index(status: int) -> int:
     """Index into STATUS_CLASSES for an HTTP status code."""
     return status // 100 - 1 if 100 <= status < 600 else 5
+
+
+def content_longer(length: str | bytes, limit: int) -> bool:
+    """Whether a Content-Length value says more than ``limit`` bytes (False if malformed)."""
+    try:
+        return int(length) > limit
+    except ValueError:  # a malformed length is the server's to refuse, not ours
+        return False
 
 
 # Index into STATUS_CLASSES by the first character of a WSGI status line.
@@ -135,6 +147,13 @@ class Lane:
         self.countdown = self.active.cpu_sample
         return cpu_clock()
 
+    def loop_lag(self, seconds: float) -> None:
+        """Record how late the event loop ran a callback that was due."""
+        ns = int(seconds * 1e9)
+        w, base = self.proc, self.proc_base
+        w[base + P_LAG + bucket_of(BUCKETS_NS, ns)] += 1
+        w[base + P_LAG_SUM] += ns
+
     def count(self, offset: int) -> None:
         self.proc[self.proc_base + offset] += 1
 
@@ -145,7 +164,7 @@ class Active:
     def __init__(self, recorder: Recorder, *, multithread: bool, capacity: int | None) -> None:
         self.region = recorder.store().attach(
             capacity=recorder.threads or capacity or 0,
-            start_wall_ns=int(recorder.wall_clock() * 1e9),
+            wall_clock=recorder.wall_clock,
             listeners=own_listening_inodes(),
         )
         self.header = self.region.header
@@ -228,6 +247,11 @@ class Active:
         with self._level_lock:
             return self._fall(self._clock())
 
+    def thread_pool(self, size: int, in_use: int) -> None:
+        """Publish the size and use of the thread pool that runs an async app's sync code."""
+        self.header[_store.H_POOL_SIZE] = size
+        self.header[_store.H_POOL_IN_USE] = in_use
+
     def websocket(self, delta: int) -> None:
         with self._lock:
             self.header[_store.H_WEBSOCKETS] += delta
@@ -256,6 +280,7 @@ class Recorder:
         threads: int | None = None,
         route_limit: int = ROUTE_LIMIT,
         cpu_sample: int = CPU_SAMPLE,
+        upload_bytes: int = UPLOAD_BYTES,
         clock: Callable[[], int] = time.perf_counter_ns,
         wall_clock: Callable[[], float] = time.time,
         cpu_clock: Callable[[], int] = time.thread_time_ns,
@@ -265,10 +290,12 @@ class Recorder:
         _check_int(
             "cpu_sample", cpu_sample, 0, "1 in N requests gets its CPU time measured; 0: none"
         )
+        _check_int("upload_bytes", upload_bytes, 0, "bodies over this size have no queue wait")
         self._directory = directory
         self.threads = threads
         self.route_limit = route_limit
         self.cpu_sample = cpu_sample
+        self.upload_bytes = upload_bytes
         self.clock = clock
         self.wall_clock = wall_clock
         self.cpu_clock = cpu_clock

@@ -51,6 +51,8 @@ H_LEVEL = 7  # requests in flight
 H_WEBSOCKETS = 8  # websocket connections open
 H_LISTENERS = 9  # inodes of up to MAX_LISTENERS listening sockets the worker serves, 0 for none
 MAX_LISTENERS = 4
+H_POOL_SIZE = 13  # threads in the pool that runs an async app's sync code, 0 when none is known
+H_POOL_IN_USE = 14
 HEADER_WORDS = 16
 
 # Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
@@ -134,7 +136,7 @@ class Region:
         *,
         capacity: int,
         clock: Callable[[], int],
-        start_wall_ns: int,
+        wall_clock: Callable[[], float],
         listeners: Sequence[int] = (),
     ) -> None:
         self.directory = directory
@@ -150,8 +152,9 @@ class Region:
             raise
         h = first.words
         h[H_CAPACITY] = capacity
-        h[H_START_WALL_NS] = start_wall_ns
+        # Read together, so the time observed since start matches the start time shown.
         h[H_START_MONO_NS] = clock()
+        h[H_START_WALL_NS] = int(wall_clock() * 1e9)
         for i, inode in enumerate(listeners[:MAX_LISTENERS]):
             h[H_LISTENERS + i] = inode
         self.header = h
@@ -242,6 +245,8 @@ class WorkerState:
     websockets: int
     above_ns: list[int]  # above_ns[k]: ns with at least k in flight; [0] is the time observed
     listeners: tuple[int, ...] = ()
+    pool_size: int = 0
+    pool_in_use: int = 0
 
 
 @dataclass
@@ -360,15 +365,18 @@ class Store:
         self.clock = clock
 
     def attach(
-        self, *, capacity: int, start_wall_ns: int | None = None, listeners: Sequence[int] = ()
+        self,
+        *,
+        capacity: int,
+        wall_clock: Callable[[], float] = time.time,
+        listeners: Sequence[int] = (),
     ) -> Region:
         """Claim a slot and create this process's region."""
-        wall = time.time_ns() if start_wall_ns is None else start_wall_ns
         return Region(
             self.directory,
             capacity=capacity,
             clock=self.clock,
-            start_wall_ns=wall,
+            wall_clock=wall_clock,
             listeners=listeners,
         )
 
@@ -450,6 +458,8 @@ class Store:
                             level=words[H_LEVEL],
                             websockets=words[H_WEBSOCKETS],
                             above_ns=above,
+                            pool_size=words[H_POOL_SIZE],
+                            pool_in_use=words[H_POOL_IN_USE],
                             listeners=tuple(
                                 i for i in words[H_LISTENERS : H_LISTENERS + MAX_LISTENERS] if i
                             ),

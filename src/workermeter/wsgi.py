@@ -12,7 +12,16 @@ from typing import Any
 from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_environ
-from .recorder import P_DISCONNECTS, STATUS_BY_DIGIT, UNMATCHED, Active, Lane, Recorder
+from .recorder import (
+    P_DISCONNECTS,
+    P_UPLOADS,
+    STATUS_BY_DIGIT,
+    UNMATCHED,
+    Active,
+    Lane,
+    Recorder,
+    content_longer,
+)
 from .request_start import queue_wait
 from .server import detect
 
@@ -53,6 +62,9 @@ class WSGIMiddleware:
         instance under ``/dev/shm``).
     :param route_limit: distinct route labels kept; more become ``<other>``.
     :param cpu_sample: 1 request in this many has its thread CPU time measured; 0 for none.
+    :param upload_bytes: requests with a larger body have no queue wait observed (counted
+        instead): a proxy that forwards before the body has arrived makes uploads look like
+        queueing. Default 100,000.
     :param max_skew: a proxy timestamp up to this many seconds in the future counts as no wait.
     :param max_age: a proxy timestamp older than this many seconds is rejected.
     :param recorder: a :class:`~workermeter.recorder.Recorder` to use instead (tests).
@@ -77,6 +89,7 @@ class WSGIMiddleware:
         directory: str | os.PathLike[str] | None = None,
         route_limit: int | None = None,
         cpu_sample: int | None = None,
+        upload_bytes: int | None = None,
         max_skew: float = 2.0,
         max_age: float = 600.0,
         recorder: Recorder | None = None,
@@ -86,6 +99,7 @@ class WSGIMiddleware:
         opts = _options.build(
             route=route, threads=threads, metrics_path=metrics_path, token=token,
             directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
+            upload_bytes=upload_bytes,
             max_skew=max_skew, max_age=max_age, recorder=recorder,
         )  # fmt: skip
         self.app = app
@@ -96,6 +110,7 @@ class WSGIMiddleware:
         self._start_keys: tuple[str, ...] = _START_KEYS
         self._max_skew = opts.max_skew
         self._max_age = opts.max_age
+        self._upload_bytes = self.recorder.upload_bytes
         self._clock = self.recorder.clock
         self._wall_clock = self.recorder.wall_clock
         self._cpu_clock = self.recorder.cpu_clock
@@ -123,7 +138,11 @@ class WSGIMiddleware:
         if self._start_keys is _START_KEYS and _QUEUE not in environ:
             start = environ.get("HTTP_X_REQUEST_START")
             if start is not None:
-                lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
+                length = environ.get("CONTENT_LENGTH")
+                if length and length != "0" and content_longer(length, self._upload_bytes):
+                    lane.count(P_UPLOADS)
+                else:
+                    lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
         else:
             self._queue(environ, lane)
         t0 = active.begin(t0)
@@ -141,6 +160,10 @@ class WSGIMiddleware:
         """The general case: several start values, or mod_wsgi's environ keys."""
         values = [str(environ[k]) for k in self._start_keys if k in environ]
         if not values:
+            return
+        length = environ.get("CONTENT_LENGTH")
+        if length and content_longer(length, self._upload_bytes):
+            lane.count(P_UPLOADS)
             return
         opts = self._opts
         lane.queue_wait(*queue_wait(values, self.recorder.wall_clock(), max_skew=opts.max_skew,
