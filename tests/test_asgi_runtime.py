@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 import workermeter.asgi
 from promtext import parse, value
-from test_asgi import call, http_scope, ok_app, scrape_async
+from test_asgi import Exchange, call, http_scope, ok_app, scrape_async
 from workermeter import ASGIMiddleware
 from workermeter.asgi import probe, thread_pool
 from workermeter.recorder import Recorder
@@ -123,3 +123,14 @@ def test_large_upload_is_kept_out_of_queue_wait(tmp_path: Path) -> None:
         }
 
     assert asyncio.run(scenario()) == {"observed": 3, "uploads": 2, "requests": 5}
+
+
+def test_works_without_an_asyncio_loop(tmp_path: Path) -> None:
+    """Under another async library (trio via hypercorn) there is no asyncio loop to probe."""
+    mw = ASGIMiddleware(ok_app, recorder=Recorder(directory=tmp_path))
+    exchange = Exchange()
+    coro = mw(http_scope("/"), exchange.receive, exchange.send)
+    with pytest.raises(StopIteration):
+        coro.send(None)  # nothing in this app suspends: it completes in one step
+    assert exchange.status == 200
+    assert mw._probe is None

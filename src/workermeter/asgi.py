@@ -174,7 +174,11 @@ class ASGIMiddleware:
         # Requests of one event loop run in one thread: the level needs no lock.
         active = rec.activate(multithread=False, capacity=None)
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(probe(active, PROBE_INTERVAL))
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not on asyncio (trio, say): no loop to probe
+                return active
+            self._probe = loop.create_task(probe(active, PROBE_INTERVAL))
         return active
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
