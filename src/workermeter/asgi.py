@@ -106,13 +106,7 @@ class ASGIMiddleware:
         t0 = rec.clock()
         active = rec.active or self._activate()
         lane = active.lane()
-        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
-        if n:
-            lane.countdown = n
-            cpu0 = None
-        else:
-            lane.countdown = active.cpu_sample
-            cpu0 = rec.cpu_clock()
+        cpu0 = lane.cpu_start(rec.cpu_clock)
         start: Any = None
         for name, value in scope["headers"]:
             if name == b"x-request-start" or name == b"x-queue-start":

@@ -128,13 +128,7 @@ class WSGIMiddleware:
             lane = active.local.lane
         except AttributeError:
             lane = active.new_lane()
-        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
-        if n:
-            lane.countdown = n
-            cpu0 = None
-        else:
-            lane.countdown = active.cpu_sample
-            cpu0 = self._cpu_clock()
+        cpu0 = lane.cpu_start(self._cpu_clock)
         if self._start_keys is _START_KEYS and _QUEUE not in environ:
             start = environ.get("HTTP_X_REQUEST_START")
             if start is not None:
