@@ -299,3 +299,18 @@ def test_stores_of_gone_servers_are_swept(tmp_path: Path) -> None:
         os.utime(d, (old, old))
     assert sweep(base, keep=mine) == [gone]
     assert sorted(p.name for p in base.iterdir()) == ["sock-2", "sock-3", "sock-4", "unrelated"]
+
+
+def test_routes_past_the_limit_do_not_grow_the_store(tmp_path: Path) -> None:
+    clock = Clock()
+    rec = Recorder(directory=tmp_path, clock=clock, route_limit=3)
+    for i in range(2000):
+        record(rec, f"/raw/{i}", 1)
+    snap = s.Store(tmp_path, clock=clock).collect()
+    routes = sorted(key.split("\0")[0] for kind, key in snap.records if kind == s.ROUTE)
+    assert routes == ["/raw/0", "/raw/1", "/raw/2", "<other>"]
+    assert route_count(snap, "<other>") == 1997
+    active = rec.active
+    assert active is not None
+    assert len(active.lane().routes) == 4
+    assert active.region.header[s.H_USED] < s.FIRST_RECORD + 4 * 100

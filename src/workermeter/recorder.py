@@ -207,14 +207,25 @@ class Active:
         return lane
 
     def route_record(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
-        """Allocate a lane's record for a route, keeping the number of routes bounded."""
-        name = route
+        """A lane's record for a route, allocated on first use.
+
+        Past ``route_limit`` distinct routes, new ones share the lane's ``<other>`` record and are
+        not remembered, so neither the store nor the lane grows with them.
+        """
         with self._lock:
-            if name not in self._routes:
-                if len(self._routes) >= self.route_limit:
-                    name = OTHER
-                self._routes.add(name)
-        slot = self.region.allocate(_store.ROUTE, f"{name}\0{method}", lane.index, ROUTE_VALUES)
+            known = route in self._routes
+            if not known and len(self._routes) < self.route_limit:
+                self._routes.add(route)
+                known = True
+        if not known:
+            slot = lane.routes.get((OTHER, method))
+            if slot is None:
+                slot = self._allocate(lane, OTHER, method)
+            return slot
+        return self._allocate(lane, route, method)
+
+    def _allocate(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
+        slot = self.region.allocate(_store.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
         lane.routes[(route, method)] = slot
         return slot
 
