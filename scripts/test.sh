@@ -14,11 +14,18 @@ have() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
 missing=()
 have nginx || missing+=(nginx)
 have prometheus || missing+=(prometheus)
+# Apache for the proxy and mod_wsgi tests; apache2-dev (apxs) to build mod_wsgi from PyPI.
+have apache2 || missing+=(apache2)
+have apxs || missing+=(apache2-dev)
+have haproxy || missing+=(haproxy)
+have caddy || missing+=(caddy)
+# uWSGI and mod_wsgi are compiled from PyPI by the pip install below.
+have gcc || missing+=(gcc libc6-dev)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
     echo "installing Debian packages: ${missing[*]}"
-    # Keep the packages' services from starting (a system nginx would take port 80);
-    # the tests start their own on free loopback ports.
+    # Keep the packages' services from starting (a system nginx, Apache, HAProxy or Caddy would
+    # take port 80); the tests start their own on free loopback ports.
     policy=/usr/sbin/policy-rc.d
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null

@@ -82,9 +82,9 @@ def test_serve_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:
     active = rec.activate(multithread=False, capacity=1)
     lane = active.lane()
     for _ in range(4):
-        active.begin(rec.clock())
+        active.begin()
         lane.request("/x", "GET", status_index(204), 1_000_000)
-        active.end(rec.clock())
+        active.end()
     port = _free_port()
     server, thread = serve_metrics(port, directory=tmp_path)
     try:

@@ -58,9 +58,9 @@ def record(recorder: Recorder, route: str, n: int, duration: int = 1000) -> None
     active = recorder.activate(multithread=False, capacity=1)
     lane = active.lane()
     for _ in range(n):
-        active.begin(recorder.clock())
+        active.begin()
         lane.request(route, "GET", status_index(200), duration)
-        active.end(recorder.clock())
+        active.end()
 
 
 def route_count(snap: s.Snapshot, route: str) -> int:
@@ -73,12 +73,13 @@ def test_private_dir_is_created_0700(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
 
 
-def test_private_dir_of_ours_is_tightened(tmp_path: Path) -> None:
+def test_open_dir_is_refused_not_changed(tmp_path: Path) -> None:
     d = tmp_path / "open"
-    d.mkdir(mode=0o755)
+    d.mkdir()
     os.chmod(d, 0o755)
-    s.ensure_private_dir(d)
-    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700
+    with pytest.raises(ValueError, match="chmod 700"):
+        s.ensure_private_dir(d)
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o755
 
 
 def test_symlinked_dir_is_refused(tmp_path: Path) -> None:
@@ -148,7 +149,7 @@ def test_worker_killed_mid_request_leaves_nothing_in_flight(tmp_path: Path) -> N
     def start_and_hang() -> None:
         rec = Recorder(directory=tmp_path, clock=clock)
         record(rec, "/done", 2, duration=10)
-        rec.activate(multithread=False, capacity=1).begin(clock.now)  # never ends
+        rec.activate(multithread=False, capacity=1).begin()  # never ends
 
     in_child(start_and_hang, kill=True)
     clock.now += 3_000_000_000
@@ -244,7 +245,7 @@ def test_levels_are_exact(tmp_path: Path) -> None:
     events = [(1, +1), (2, +1), (3, -1), (4, +1), (5, -1), (7, -1)]
     for t, step in events:
         clock.now = t * sec
-        (active.begin if step > 0 else active.end)(clock.now)
+        (active.begin if step > 0 else active.end)()
     clock.now = 9 * sec
     snap = s.Store(tmp_path, clock=clock).collect()
     above = snap.levels[active.region.slot]
@@ -260,13 +261,13 @@ def test_running_request_counts_while_it_runs(tmp_path: Path) -> None:
     rec = Recorder(directory=tmp_path, clock=clock)
     active = rec.activate(multithread=False, capacity=1)
     store = s.Store(tmp_path, clock=clock)
-    active.begin(0)
+    active.begin()
     for t in (10, 30, 60):
         clock.now = t * 1_000_000_000
         snap = store.collect()
         assert snap.workers[0].level == 1
         assert sum(snap.levels[0][1:]) == clock.now
-    active.end(clock.now)
+    active.end()
     clock.now = 100 * 1_000_000_000
     snap = store.collect()
     assert snap.workers[0].level == 0

@@ -103,7 +103,6 @@ class ASGIMiddleware:
                 await self._metrics(scope, send)
                 return
         rec = self.recorder
-        t0 = rec.clock()
         active = rec.active or self._activate()
         lane = active.lane()
         cpu0 = lane.cpu_start(rec.cpu_clock)
@@ -122,7 +121,7 @@ class ASGIMiddleware:
                 values = [v.decode("latin-1") for v in _flatten(start)]
                 lane.queue_wait(*queue_wait(values, rec.wall_clock(), max_skew=self._max_skew,
                                             max_age=self._max_age))  # fmt: skip
-        t0 = active.begin(t0)
+        t0 = active.begin()
         status = 0
         complete = False
 
@@ -141,7 +140,7 @@ class ASGIMiddleware:
             status = 500
             raise
         finally:
-            t1 = active.end(rec.clock())
+            t1 = active.end()
             cpu = rec.cpu_clock() - cpu0 if cpu0 is not None else None
             try:
                 route = self.route(scope) or UNMATCHED

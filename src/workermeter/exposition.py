@@ -143,7 +143,7 @@ class StoreCollector(Collector):
         for slot, above in sorted(snap.levels.items()):
             worker = str(slot)
             busy.add_metric([worker], sum(above[1:]) / 1e9)
-            capacity = live[slot].capacity if slot in live else 0
+            capacity = live[slot].capacity if slot in live else snap.capacities.get(slot, 0)
             if capacity:
                 all_busy.add_metric([worker], above[min(capacity, len(above) - 1)] / 1e9)
             top = max((k for k, v in enumerate(above) if v), default=0)

@@ -58,6 +58,8 @@ _MAX_LEVEL = _store.MAX_LEVEL
 _ENTER = _store.ENTER
 _ABOVE = _store.ABOVE
 _H_LEVEL = _store.H_LEVEL
+_LEVEL_BITS = _store.LEVEL_BITS
+_LEVEL_MASK = (1 << _LEVEL_BITS) - 1
 
 
 def status_index(status: int) -> int:
@@ -176,15 +178,17 @@ class Active:
         self._free: list[int] = []
         self._routes: set[str] = set()
         self.level = 0
+        self.seq = 0
         self._enter = [0] * (_MAX_LEVEL + 1)
         self._above = [0] * (_MAX_LEVEL + 1)
         # Only threads share the level; an event loop or a sync worker needs no lock.
         self._level_lock = threading.Lock()
-        # With threads, the time of a level change is read inside the critical section, so the
-        # changes are applied in the order of their times; the request's duration uses it too.
+        # The time of a level change is read inside the update (with threads, inside the
+        # critical section), so changes are applied in the order of their times; the request's
+        # duration is measured between the two changes.
         self._clock = recorder.clock
-        self.begin: Callable[[int], int] = self._rise_locked if multithread else self._rise
-        self.end: Callable[[int], int] = self._fall_locked if multithread else self._fall
+        self.begin: Callable[[], int] = self._rise_locked if multithread else self._rise
+        self.end: Callable[[], int] = self._fall_locked if multithread else self._fall
 
     def lane(self) -> Lane:
         """This thread's lane."""
@@ -229,34 +233,52 @@ class Active:
         lane.routes[(route, method)] = slot
         return slot
 
-    def _rise(self, now: int) -> int:
-        """A request starts: the level rises by one."""
-        level = self.level + 1
+    # The level word holds an update count above the level (store.LEVEL_BITS): odd while an
+    # update is under way, so a scrape can tell a consistent state from a torn one. The time of
+    # the change is read after the word turns odd: any scrape that saw the state before took
+    # its own time earlier, so a counter it reported is never more than what is committed.
+
+    def _rise(self) -> int:
+        """A request starts: the level rises by one. Returns the time of the change."""
+        h = self.header
+        level = self.level
+        seq = self.seq + 1
+        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
+        now = self._clock()
+        level += 1
         if level <= _MAX_LEVEL:
             self._enter[level] = now
-            self.header[_ENTER + level] = now  # before LEVEL: see store._above_now
+            h[_ENTER + level] = now
         self.level = level
-        self.header[_H_LEVEL] = level
+        self.seq = seq = seq + 1
+        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
         return now
 
-    def _fall(self, now: int) -> int:
-        """A request ends: time spent at the top level is banked and the level falls by one."""
+    def _fall(self) -> int:
+        """A request ends: time spent at the top level is banked and the level falls by one.
+        Returns the time of the change."""
+        h = self.header
         level = self.level
+        seq = self.seq + 1
+        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
+        now = self._clock()
         if 0 < level <= _MAX_LEVEL:
             total = self._above[level] + now - self._enter[level]
             self._above[level] = total
-            self.header[_ABOVE + level] = total  # before LEVEL: see store._above_now
-        self.level = level - 1
-        self.header[_H_LEVEL] = level - 1
+            h[_ABOVE + level] = total
+        level -= 1
+        self.level = level
+        self.seq = seq = seq + 1
+        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
         return now
 
-    def _rise_locked(self, now: int) -> int:
+    def _rise_locked(self) -> int:
         with self._level_lock:
-            return self._rise(self._clock())
+            return self._rise()
 
-    def _fall_locked(self, now: int) -> int:
+    def _fall_locked(self) -> int:
         with self._level_lock:
-            return self._fall(self._clock())
+            return self._fall()
 
     def thread_pool(self, size: int, in_use: int) -> None:
         """Publish the size and use of the thread pool that runs an async app's sync code."""

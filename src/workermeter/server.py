@@ -106,12 +106,13 @@ def _waitress(owner: Any) -> Capacity | None:
 def detect(environ: Mapping[str, Any] | None = None, frame: FrameType | None = None) -> Capacity:
     """What the server running this request says about its capacity.
 
-    ``frame`` is where to start looking up the call stack (default: the caller's caller).
+    ``frame`` is where to start looking up the call stack for the server's worker object; none
+    is looked at without one.
     """
     for found in (_mod_wsgi(), _uwsgi()):
         if found is not None:
             return found
-    found = _from_stack(frame if frame is not None else sys._getframe(2))
+    found = _from_stack(frame)
     if found is not None:
         return found
     if environ is not None and environ.get("wsgi.multithread") is False:

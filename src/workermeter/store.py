@@ -47,7 +47,8 @@ H_SLOT = 3
 H_CAPACITY = 4  # slots (threads) per process, 0 when unknown
 H_START_WALL_NS = 5
 H_START_MONO_NS = 6
-H_LEVEL = 7  # requests in flight
+H_LEVEL = 7  # requests in flight in the low LEVEL_BITS; above them a count of updates, odd
+LEVEL_BITS = 16  # while one is under way (a sequence lock: see read_levels)
 H_WEBSOCKETS = 8  # websocket connections open
 H_LISTENERS = 9  # inodes of up to MAX_LISTENERS listening sockets the worker serves, 0 for none
 MAX_LISTENERS = 4
@@ -65,7 +66,8 @@ FIRST_RECORD = ABOVE + MAX_LEVEL + 1
 # Record kinds.
 ROUTE = 1  # key "route\0method"
 PROCESS = 2  # key ""
-LEVELS = 3  # archive only, key: slot; values: ABOVE[0..MAX_LEVEL], ABOVE[0] being total time
+LEVELS = 3  # archive only, key: slot; values: ABOVE[0..MAX_LEVEL] (ABOVE[0] the time observed),
+# then the slot's capacity
 FOLDED = 4  # archive only, key: identity of a dead worker already merged, no values
 RECORD_HEADER = 4  # words: length in words, kind, lane, key bytes
 
@@ -83,7 +85,8 @@ def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) or check that an existing one is ours and private.
 
     Raises ``ValueError`` saying what to do when the directory is a symlink, is not a directory,
-    or belongs to another user.
+    belongs to another user, or is open to others (it is never chmod-ed: ``/tmp`` must stay as
+    it is).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +103,11 @@ def ensure_private_dir(path: Path) -> Path:
             "set WORKERMETER_DIR to a directory you own"
         )
     if st.st_mode & 0o077:
-        os.chmod(path, 0o700)
+        raise ValueError(
+            f"workermeter store {path} is open to other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}); make it private with 'chmod 700 {path}' or set "
+            "WORKERMETER_DIR to a directory of its own"
+        )
     return path
 
 
@@ -258,6 +265,8 @@ class Snapshot:
     # Levels of every slot ever seen (dead workers' included), to keep per-worker counters rising.
     levels: dict[int, list[int]] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)
+    # The last known capacity of every slot, so a dead worker's all-busy time stays exposed.
+    capacities: dict[int, int] = field(default_factory=dict)
 
     def add_record(self, kind: int, key: str, values: memoryview | list[int]) -> None:
         have = self.records.get((kind, key))
@@ -267,7 +276,9 @@ class Snapshot:
             for i, v in enumerate(values[: len(have)]):
                 have[i] += v
 
-    def add_levels(self, slot: int, above: list[int]) -> None:
+    def add_levels(self, slot: int, above: list[int], capacity: int = 0) -> None:
+        if capacity:
+            self.capacities[slot] = capacity
         have = self.levels.get(slot)
         if have is None:
             self.levels[slot] = list(above)
@@ -343,18 +354,66 @@ def _warn_once(path: Path, why: str) -> None:
         log.warning("workermeter: skipping %s: %s", path, why)
 
 
+def level_of(word: int) -> int:
+    """The number of requests in flight, from the level word."""
+    return word & ((1 << LEVEL_BITS) - 1)
+
+
+def _steady(word: int) -> bool:
+    return not (word >> LEVEL_BITS) & 1
+
+
 def _above_now(words: memoryview, now: int) -> list[int]:
     """ABOVE[] of a worker as of ``now``, counting the elapsed part of requests in flight.
 
-    LEVEL is read before ENTER/ABOVE and the writer updates ABOVE before lowering LEVEL, so a
-    racing read can only overcount by nanoseconds, never make a counter go backwards.
+    ``words`` must be a consistent copy (see _read_chunk0). The writer reads the time of a change
+    after marking the update, and ``now`` was read before the copy was taken: a copy from before
+    a change counts no further than the change will commit, so counters never go backwards.
     """
-    level = min(max(words[H_LEVEL], 0), MAX_LEVEL)
+    level = min(level_of(words[H_LEVEL]), MAX_LEVEL)
     above = list(words[ABOVE : ABOVE + MAX_LEVEL + 1])
     above[0] = max(now - words[H_START_MONO_NS], 0)
     for k in range(1, level + 1):
         above[k] += max(now - words[ENTER + k], 0)
     return above
+
+
+def _read_chunk0(
+    path: Path, clock: Callable[[], int], *, live: bool
+) -> tuple[memoryview, int] | None:
+    """A copy of a worker's chunk 0 whose level state is consistent, and the time it stands for.
+
+    The copy is taken while no level update is under way and the level word is the same after
+    it. The time is read between the copy and that check: after every change the copy holds,
+    before every change it misses (a writer reads its time only once it has marked its update).
+    Counted up to that time, no counter derived from the levels ever goes backwards. A dead
+    worker's copy is taken as it is.
+    """
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:  # folded away meanwhile
+        return None
+    except OSError as e:  # a symlink (O_NOFOLLOW), a directory, no permission
+        _warn_once(path, e.strerror or str(e))
+        return None
+    try:
+        deadline = time.monotonic() + 0.5
+        while True:
+            words = _read_fd(fd, path)
+            now = clock()
+            if words is None:
+                return None
+            if not live:
+                return words, now
+            word = words[H_LEVEL]
+            if _steady(word) and os.pread(fd, 8, H_LEVEL * 8) == struct.pack("<q", word):
+                return words, now
+            if time.monotonic() > deadline:  # a writer stopped mid-update: take what is there
+                _warn_once(path, "level updates never settled; read as is")
+                return words, now
+            time.sleep(0)  # let a writer in this process finish its update
+    finally:
+        os.close(fd)
 
 
 class Store:
@@ -422,7 +481,6 @@ class Store:
         archive = _read_words(self.directory / "archive.wm")
         if archive is not None:
             self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
-        now = self.clock()
         dead = False
         for (slot, _pid, _token), paths in sorted(self._chunk_files().items()):
             alive = _is_alive(paths[0])
@@ -433,21 +491,20 @@ class Store:
                 # exits while a scrape runs is never missing from it.
                 dead = True
                 if _identity(paths[0]) not in snap.folded:
-                    self._merge_worker(snap, slot, paths, now, live=False)
+                    self._merge_worker(snap, slot, paths, live=False)
                 continue
-            self._merge_worker(snap, slot, paths, now, live=True)
+            self._merge_worker(snap, slot, paths, live=True)
         return snap, dead
 
-    def _merge_worker(
-        self, snap: Snapshot, slot: int, paths: list[Path], now: int, *, live: bool
-    ) -> None:
+    def _merge_worker(self, snap: Snapshot, slot: int, paths: list[Path], *, live: bool) -> None:
         for index, path in enumerate(paths):
-            words = _read_words(path)
-            if words is None:
-                continue
             if index == 0:
+                read = _read_chunk0(path, self.clock, live=live)
+                if read is None:
+                    return
+                words, now = read
                 above = _above_now(words, now)
-                snap.add_levels(slot, above)
+                snap.add_levels(slot, above, words[H_CAPACITY])
                 if live:
                     snap.workers.append(
                         WorkerState(
@@ -455,7 +512,7 @@ class Store:
                             pid=words[H_PID],
                             capacity=words[H_CAPACITY],
                             start_wall=words[H_START_WALL_NS] / 1e9,
-                            level=words[H_LEVEL],
+                            level=level_of(words[H_LEVEL]),
                             websockets=words[H_WEBSOCKETS],
                             above_ns=above,
                             pool_size=words[H_POOL_SIZE],
@@ -465,6 +522,11 @@ class Store:
                             ),
                         )
                     )
+            else:
+                chunk = _read_words(path)
+                if chunk is None:
+                    continue
+                words = chunk
             self._merge(snap, words, FIRST_RECORD if index == 0 else HEADER_WORDS, path)
 
     def _merge(self, snap: Snapshot, words: memoryview, first: int, path: Path) -> None:
@@ -472,8 +534,10 @@ class Store:
             if kind == FOLDED:
                 snap.folded.add(key)
             elif kind == LEVELS:
+                # ABOVE[0..MAX_LEVEL], then the slot's capacity
+                above, capacity = list(values[: MAX_LEVEL + 1]), values[MAX_LEVEL + 1 :]
                 try:
-                    snap.add_levels(int(key), list(values))
+                    snap.add_levels(int(key), above, capacity[0] if capacity else 0)
                 except ValueError:
                     _warn_once(path, f"bad slot key {key!r}")
             else:
@@ -490,7 +554,6 @@ class Store:
         archive = _read_words(archive_path)
         if archive is not None:
             self._merge(snap, archive, HEADER_WORDS, archive_path)
-        now = self.clock()
         previously = snap.folded
         snap.folded = set()
         doomed: list[list[Path]] = []
@@ -501,7 +564,7 @@ class Store:
             try:
                 ident = _identity(paths[0])
                 if ident is not None and ident not in previously:
-                    self._merge_worker(snap, slot, paths, now, live=False)
+                    self._merge_worker(snap, slot, paths, live=False)
             finally:
                 os.close(fd)
             if ident is not None:
@@ -569,7 +632,10 @@ def _write_archive(path: Path, snap: Snapshot) -> None:
     entries: list[tuple[int, str, list[int]]] = [
         (k, key, v) for (k, key), v in snap.records.items()
     ]
-    entries += [(LEVELS, str(slot), above) for slot, above in snap.levels.items()]
+    entries += [
+        (LEVELS, str(slot), [*above, snap.capacities.get(slot, 0)])
+        for slot, above in snap.levels.items()
+    ]
     entries += [(FOLDED, ident, []) for ident in sorted(snap.folded)]
     for kind, key, values in entries:
         raw = key.encode()

@@ -111,7 +111,6 @@ class WSGIMiddleware:
         self._max_skew = opts.max_skew
         self._max_age = opts.max_age
         self._upload_bytes = self.recorder.upload_bytes
-        self._clock = self.recorder.clock
         self._wall_clock = self.recorder.wall_clock
         self._cpu_clock = self.recorder.cpu_clock
 
@@ -120,7 +119,6 @@ class WSGIMiddleware:
         # costs as much as several of these statements.
         if environ.get("PATH_INFO") == self._metrics_path:
             return self._metrics(environ, start_response)
-        t0 = self._clock()
         active = self.recorder.active
         if active is None:
             active = self._activate(environ)
@@ -139,7 +137,7 @@ class WSGIMiddleware:
                     lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
         else:
             self._queue(environ, lane)
-        t0 = active.begin(t0)
+        t0 = active.begin()
         response = _Response(self, environ, lane, t0, cpu0, start_response)
         try:
             body = self.app(environ, response.start_response)
@@ -167,8 +165,9 @@ class WSGIMiddleware:
         multithread = bool(environ.get("wsgi.multithread", True))
         if "mod_wsgi.version" in environ:
             self._start_keys = _START_KEYS + _MOD_WSGI_KEYS
-        # Frame 2 is the server's own, which called __call__.
-        found = detect(environ, sys._getframe(2))
+        # The frame that called __call__ is the server's own; None when a server written in C
+        # (uWSGI, mod_wsgi) called it.
+        found = detect(environ, sys._getframe(1).f_back)
         if found.threads is None and self.recorder.threads is None:
             log.warning(
                 "workermeter: %s does not say how many requests a worker serves at once; "
@@ -253,7 +252,7 @@ class _Response:
                 close()
         finally:
             mw = self.mw
-            t1 = self.lane.active.end(mw._clock())
+            t1 = self.lane.active.end()
             cpu = mw._cpu_clock() - self.cpu0 if self.cpu0 is not None else None
             try:
                 route = self.route or mw.route(self.environ) or UNMATCHED

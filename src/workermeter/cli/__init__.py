@@ -12,7 +12,13 @@ import sys
 from collections.abc import Sequence
 
 # name -> module; modules are imported only when their command runs or help is asked for.
-COMMANDS: dict[str, str] = {}
+COMMANDS: dict[str, str] = {
+    "serve": "workermeter.cli.serve",
+    "suggest": "workermeter.cli.suggest",
+    "top": "workermeter.cli.top",
+    "demo": "workermeter.cli.demo",
+    "logs": "workermeter.cli.logs",
+}
 
 
 class UsageError(Exception):

@@ -1,0 +1,416 @@
+"""``workermeter demo``: the whole product in under a minute, with nothing else to install.
+
+It starts the sample app (:mod:`workermeter.demo_app`) under gunicorn with 2 sync workers on
+127.0.0.1, sends it a bounded ramp of traffic from a pool of client threads until it is well past
+what 2 workers can serve, shows the live view of ``workermeter top`` while it runs, and ends with
+the suggestion. gunicorn runs with a store of its own in a temporary directory and is stopped by
+its process id however the demo ends; it also runs under coreutils ``timeout`` where there is
+one, so it cannot outlive the demo by long even if the demo is killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .. import observe
+from ..capacity import Workload, suggest
+from . import UsageError
+from .suggest import setting
+from .top import Watch, need_rich
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+
+HELP = (
+    "See it work in under a minute: a sample app under gunicorn, traffic past saturation, "
+    "the live view and the suggestion."
+)
+
+WORKERS = 2
+#: Share of requests to /io (the rest go to /cpu), and what 2 workers can serve of that mix:
+#: about 2 / (0.7 x 41 ms + 0.3 x 16 ms), some 60 requests/s.
+IO_SHARE = 0.7
+START_RATE = 10.0
+PEAK_RATE = 95.0
+#: The ramp reaches its peak at this share of the duration, then holds it.
+RAMP_SHARE = 0.6
+#: At most this many requests in flight from the clients: bounds the backlog and the wait.
+CLIENTS = 48
+REQUEST_TIMEOUT = 10.0
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+README = "https://github.com/workermeter/workermeter#readme"
+DOCS = "https://github.com/workermeter/workermeter/blob/main/docs"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--duration",
+        default="40",
+        metavar="SECONDS",
+        help="how long to send traffic (default 40; 60s and 1m work too)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port for the app on 127.0.0.1 (default: a free one)"
+    )
+
+
+# ------------------------------------------------------------------------------------- traffic
+
+
+class Ramp:
+    """Poisson arrivals at a rate climbing linearly from ``start`` to ``peak`` requests/s over
+    ``ramp`` seconds and then held, each a GET of ``/io`` or ``/cpu`` on loopback with an
+    ``X-Request-Start`` stamp as nginx's ``t=${msec}`` writes it.
+
+    At most ``clients`` requests are in flight; an arrival finding them all busy is counted in
+    ``skipped`` and not sent (a real client would be waiting too).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        start: float = START_RATE,
+        peak: float = PEAK_RATE,
+        ramp: float,
+        clients: int = CLIENTS,
+        seed: int = 1,
+    ) -> None:
+        self.port = port
+        self.start_rate, self.peak_rate, self.ramp = start, peak, ramp
+        self.clients = clients
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(clients)
+        self._pool = ThreadPoolExecutor(clients, thread_name_prefix="workermeter-demo-client")
+        self._thread = threading.Thread(target=self._arrivals, name="workermeter-demo-traffic")
+        self._began = 0.0
+        self.sent = self.ok = self.failed = self.skipped = 0
+
+    def rate(self, elapsed: float) -> float:
+        """The arrival rate ``elapsed`` seconds into the ramp."""
+        climbed = min(1.0, elapsed / self.ramp) if self.ramp > 0 else 1.0
+        return self.start_rate + (self.peak_rate - self.start_rate) * climbed
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._began
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sending, drop what is not sent yet, and wait for the requests in flight."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _arrivals(self) -> None:
+        due = time.monotonic()
+        while not self._stop.is_set():
+            due += self._rng.expovariate(self.rate(due - self._began))
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            path = "/io" if self._rng.random() < IO_SHARE else "/cpu"
+            if not self._slots.acquire(blocking=False):
+                with self._lock:
+                    self.skipped += 1
+                continue
+            with self._lock:
+                self.sent += 1
+            self._pool.submit(self._request, path)
+
+    def _request(self, path: str) -> None:
+        ok = False
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+            try:
+                headers = {"X-Request-Start": f"t={time.time():.3f}", "Connection": "close"}
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):  # refused, reset or timed out: counted
+            ok = False
+        finally:
+            self._slots.release()
+            with self._lock:
+                if ok:
+                    self.ok += 1
+                else:
+                    self.failed += 1
+
+
+# ------------------------------------------------------------------------------------ gunicorn
+
+
+def _gunicorn_flags() -> list[str]:
+    from gunicorn.config import KNOWN_SETTINGS
+
+    # gunicorn >= 25 opens a control socket at a fixed path that every instance would share.
+    names = {s.name for s in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
+
+
+def _listen(port: int) -> socket.socket:
+    """The app's listening socket, bound here and handed to gunicorn as ``fd://``: port 0 then
+    means a free port with no race between choosing it and binding it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise UsageError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def gunicorn(sock: socket.socket, store: Path, log: Path, lifetime: float) -> Iterator[int]:
+    """Run the sample app under gunicorn on ``sock``; yield its master's pid; stop it by pid:
+    SIGTERM, a bounded wait, then SIGKILL to its process group."""
+    fd = sock.fileno()
+    argv = [
+        sys.executable, "-m", "gunicorn",
+        "--bind", f"fd://{fd}",
+        "--workers", str(WORKERS),
+        "--worker-class", "sync",
+        "--graceful-timeout", "2",
+        "--timeout", "30",
+        "--log-level", "warning",
+        *_gunicorn_flags(),
+        "workermeter.demo_app:application",
+    ]  # fmt: skip
+    timeout = shutil.which("timeout")
+    if timeout is not None:  # dies on its own even if this process is killed
+        argv = [timeout, "-k", "5", str(round(lifetime)), *argv]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERMETER_")}
+    env["WORKERMETER_DIR"] = str(store)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=(fd,),
+            start_new_session=True,  # Ctrl-C reaches the demo, which stops gunicorn itself
+        )
+    try:
+        yield proc.pid
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # it ended between the wait and the kill
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(STOP_TIMEOUT)
+
+
+def _tail(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").strip().splitlines()
+    except OSError:  # never written
+        return "no output"
+    return lines[-1] if lines else "no output"
+
+
+def _wait_ready(port: int, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            try:
+                conn.request("GET", "/")
+                conn.getresponse().read()
+                return
+            finally:
+                conn.close()
+        except (OSError, http.client.HTTPException):  # not serving yet
+            pass
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise UsageError(f"gunicorn exited before serving: {_tail(log)}") from None
+        if time.monotonic() > deadline:
+            raise UsageError(f"gunicorn did not answer in {READY_TIMEOUT:.0f} s: {_tail(log)}")
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------------------- run
+
+
+def _status(ramp: Ramp, left: float) -> RenderableType:
+    from rich.text import Text
+
+    rate = ramp.rate(ramp.elapsed())
+    text = Text("traffic  ", style="bold")
+    text.append(f"offering {rate:,.0f} requests/s (ramping {ramp.start_rate:g} to ")
+    text.append(f"{ramp.peak_rate:g}), sent {ramp.sent:,}, ok {ramp.ok:,}")
+    if ramp.failed:
+        text.append(f", failed {ramp.failed:,}", style="red")
+    if ramp.skipped:
+        text.append(
+            f", {ramp.skipped:,} not sent while {ramp.clients} were waiting", style="yellow"
+        )
+    text.append(f"  ({left:.0f} s left, Ctrl-C ends it early)", style="dim")
+    return text
+
+
+def _conclude(console: Console, watch: Watch, ramp: Ramp) -> None:
+    obs = watch.observation()
+    if obs is None or obs.requests <= 0:
+        console.print("No request finished: nothing to suggest.", style="bold red")
+        return
+    try:
+        answer = suggest(obs.workload(), obs.machine())
+    except observe.SourceError as e:
+        console.print(f"Nothing to suggest: {e}", style="bold red")
+        return
+    console.print()
+    console.print(
+        f"In the last {obs.seconds:.0f} s the demo offered up to {ramp.rate(ramp.elapsed()):,.0f} "
+        f"requests/s, and the {WORKERS} workers completed {obs.rate:,.0f}/s, "
+        f"{obs.utilisation or 0:.0%} busy."
+    )
+    console.print(f"[bold]Suggestion: {setting(answer)}[/bold]", highlight=False)
+    for reason in answer.reasons:
+        console.print(f"  - {reason}", highlight=False)
+    offered = ramp.rate(ramp.elapsed())
+    if answer.lower_bound and obs.service_time and offered > obs.rate:
+        # The demo knows its arrival rate, which a saturated server cannot show: size for it.
+        demand = obs.workload()
+        at_offered = Workload(
+            peak_rate=offered,
+            service_time=demand.service_time,
+            cpu_share=demand.cpu_share,
+            service_cv=demand.service_cv,
+        )
+        full = suggest(at_offered, obs.machine())
+        console.print(
+            f"At the {offered:,.0f} requests/s actually offered (the rate a proxy's access log "
+            f"would show), the model asks for {setting(full)}.",
+            highlight=False,
+        )
+    console.print()
+    console.print("[bold]Next, measure your own app:[/bold]")
+    console.print(f"  - add the middleware: {README}", highlight=False)
+    console.print("  - watch it: workermeter top http://127.0.0.1:8000/metrics", highlight=False)
+    console.print(
+        "  - size it: workermeter suggest --metrics http://127.0.0.1:8000/metrics --for 60s",
+        highlight=False,
+    )
+    console.print(f"  - how the suggestion is made: {DOCS}/capacity.md", highlight=False)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends the demo like Ctrl-C: gunicorn is stopped first
+
+
+def run(args: argparse.Namespace) -> int:
+    need_rich("demo")
+    try:
+        import gunicorn as _  # noqa: F401
+    except ModuleNotFoundError:
+        raise UsageError(
+            "workermeter demo needs gunicorn: pip install 'workermeter[demo]'"
+        ) from None
+    from rich.console import Console
+
+    from ..exposition import serve_metrics
+
+    try:
+        seconds = observe.parse_duration(args.duration)
+    except ValueError as e:
+        raise UsageError(f"--duration: {e}") from None
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {args.port}")
+    console = Console()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        with tempfile.TemporaryDirectory(prefix="workermeter-demo-") as tmp:
+            store, log = Path(tmp) / "store", Path(tmp) / "gunicorn.log"
+            sock = _listen(args.port)
+            port = sock.getsockname()[1]
+            try:
+                with gunicorn(sock, store, log, lifetime=seconds + 60) as pid:
+                    _wait_ready(port, pid, log)
+                    # The view reads the store from its own port here, not from the app's
+                    # /metrics: a sync worker answers scrapes only between requests, and past
+                    # saturation a scrape would wait in the same queue as the traffic.
+                    server, _thread = serve_metrics(0, "127.0.0.1", directory=store)
+                    try:
+                        url = f"http://127.0.0.1:{server.server_port}/metrics"
+                        console.print(
+                            f"[bold]workermeter demo[/bold]: gunicorn (pid {pid}) with {WORKERS} "
+                            f"sync workers on http://127.0.0.1:{port}, {seconds:g} s of traffic",
+                            highlight=False,
+                        )
+                        watch = Watch(url, title="workermeter demo")
+                        ramp = Ramp(port, ramp=seconds * RAMP_SHARE)
+                        _show(console, watch, ramp, seconds)
+                        _conclude(console, watch, ramp)
+                    finally:
+                        server.shutdown()
+                        server.server_close()
+            finally:
+                sock.close()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _show(console: Console, watch: Watch, ramp: Ramp, seconds: float) -> None:
+    """Send the traffic and show the view until ``seconds`` have passed or Ctrl-C."""
+    from rich.console import Group
+    from rich.live import Live
+
+    watch.poll()
+    ramp.start()
+    try:
+        with Live(watch.frame(), console=console, auto_refresh=False) as view:
+            end = time.monotonic() + seconds
+            tick = time.monotonic()
+            while time.monotonic() < end:
+                tick += 1.0
+                time.sleep(max(0.0, min(tick, end) - time.monotonic()))
+                watch.poll()
+                left = max(0.0, end - time.monotonic())
+                view.update(Group(watch.frame(), _status(ramp, left)), refresh=True)
+    except KeyboardInterrupt:
+        console.print("Stopped early.", style="yellow")
+    finally:
+        ramp.stop()

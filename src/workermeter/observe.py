@@ -1,0 +1,956 @@
+"""Turn what a running server exposes into the capacity model's inputs.
+
+Two sources, one result. A live ``/metrics`` endpoint is scraped two or more times over a window
+and the counters' differences give rates: arrival rate, mean service time and its variability,
+CPU share, utilisation, queue wait percentiles. A Prometheus server is asked the same questions in
+PromQL over a longer window, with the peak rate taken as the highest 5-minute rate in it. Both end
+as a :class:`Measurement`: a :class:`~workermeter.capacity.Workload` and a
+:class:`~workermeter.capacity.Machine`, plus what was seen, for people to check.
+
+Counters restart from zero when the server restarts (its store is new). A series whose value went
+down between two scrapes is taken to have restarted, and its whole new value is counted as the
+increase, as Prometheus's ``rate()`` does. The buckets, sum and count of one histogram series
+restart together.
+
+No threads, no global state: the HTTP client, the clocks and ``sleep`` are parameters.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from . import metrics as m
+from .capacity import Machine, Workload
+
+__all__ = [
+    "Fetch",
+    "Measurement",
+    "Observation",
+    "RouteStats",
+    "Scrape",
+    "SourceError",
+    "bucket_cv",
+    "bucket_quantile",
+    "http_get",
+    "measure_metrics",
+    "measure_prometheus",
+    "metrics_url",
+    "observe",
+    "parse_duration",
+    "parse_scrape",
+    "prometheus_get",
+    "sample",
+    "scrape",
+]
+
+#: Rate range of the Prometheus queries: the peak is the highest rate over this long in the window.
+RATE_RANGE = 300.0
+#: Bearer token sent to ``/metrics`` when set, like the middleware's ``token`` option.
+ENV_TOKEN = "WORKERMETER_TOKEN"
+#: Mean queue wait in the second half of a window above ``GROWTH`` x the first half's, and more
+#: than ``GROWTH_FLOOR`` seconds above it, counts as "queue wait kept growing".
+GROWTH = 1.5
+GROWTH_FLOOR = 0.005
+
+Key = tuple[str, frozenset[tuple[str, str]]]
+#: ``fetch(url, timeout) -> body``; raises :class:`SourceError` with a one-line reason.
+Fetch = Callable[[str, float], str]
+
+
+class SourceError(Exception):
+    """A source could not be read or does not hold what is needed; the message is one line that
+    says what to do."""
+
+
+# --------------------------------------------------------------------------------- small parsers
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"500ms"``, ``"60s"``, ``"5m"``, ``"1h30m"``, ``"1d"`` or ``"1w"``.
+
+    :raises ValueError: unless it is a positive duration in that form.
+    """
+    text = text.strip()
+    seconds, pos = 0.0, 0
+    while pos < len(text):
+        match = _DURATION.match(text, pos)
+        if match is None:
+            break
+        seconds += float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        pos = match.end()
+    if not text or pos != len(text) or not seconds > 0:
+        raise ValueError(
+            f"not a duration: {text!r}; write it like 60s, 5m, 1h or 1d (a bare number is seconds)"
+        )
+    return seconds
+
+
+def metrics_url(url: str) -> str:
+    """``url`` with ``http://`` added when there is no scheme and ``/metrics`` when there is no
+    path: ``127.0.0.1:8000`` is ``http://127.0.0.1:8000/metrics``.
+
+    :raises SourceError: if it is not an http(s) URL with a host.
+    """
+    if "://" not in url:
+        url = "http://" + url
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SourceError(f"not an http(s) URL: {url!r}; give one like http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        raise SourceError(f"not a valid port in {url!r}") from None
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/metrics")
+    return urllib.parse.urlunsplit(parts)
+
+
+def http_get(url: str, timeout: float = 10.0) -> str:
+    """``GET url`` and return the body, or raise :class:`SourceError` with the reason in a line.
+
+    Sends ``Authorization: Bearer $WORKERMETER_TOKEN`` to ``/metrics`` URLs when it is set.
+    """
+    return _get(url, timeout, error_bodies=())
+
+
+def prometheus_get(url: str, timeout: float = 30.0) -> str:
+    """Like :func:`http_get`, but returns the JSON body Prometheus sends with a refused query
+    (HTTP 400 or 422) or one it could not run (503), so its reason can be shown."""
+    return _get(url, timeout, error_bodies=(400, 422, 503))
+
+
+def _get(url: str, timeout: float, *, error_bodies: tuple[int, ...]) -> str:
+    parts = urllib.parse.urlsplit(url)
+    where = urllib.parse.urlunsplit(parts._replace(query=""))
+    headers = {"User-Agent": "workermeter"}
+    token = os.environ.get(ENV_TOKEN)
+    if token and parts.path.endswith("/metrics"):
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body: bytes = response.read()
+            charset = response.headers.get_content_charset() or "utf-8"
+    except urllib.error.HTTPError as e:
+        if e.code in error_bodies:
+            return e.read().decode("utf-8", errors="replace")
+        hint = ""
+        if e.code in (401, 403, 404) and parts.path.endswith("/metrics"):
+            hint = (
+                " (workermeter answers /metrics only to loopback and private clients, or with "
+                f"${ENV_TOKEN} as a bearer token)"
+            )
+        raise SourceError(f"{where} answered HTTP {e.code} {e.reason}{hint}") from None
+    except urllib.error.URLError as e:
+        raise SourceError(f"cannot reach {where}: {_reason(e.reason)}") from None
+    except OSError as e:  # a timeout or a reset while reading the body
+        raise SourceError(f"cannot reach {where}: {_reason(e)}") from None
+    return body.decode(charset, errors="replace")
+
+
+def _reason(reason: object) -> str:
+    if isinstance(reason, TimeoutError):
+        return "timed out"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason) or type(reason).__name__
+
+
+# ------------------------------------------------------------------------------------- scrapes
+
+_HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
+#: Sample names that only grow, by the metric contract: counted as counters even when a scrape's
+#: TYPE lines are missing or name the family differently (OpenMetrics drops ``_total``).
+_COUNTING = frozenset(
+    name
+    for metric in m.METRICS
+    if metric.kind in ("counter", "histogram")
+    for name in m.sample_names(metric)
+)
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One scrape of ``/metrics``: counter and histogram samples (which only grow, until a restart)
+    apart from gauges (which are read as they are), taken at ``at`` seconds on a monotonic clock.
+    """
+
+    at: float
+    counters: Mapping[Key, float]
+    gauges: Mapping[Key, float]
+
+    def gauge(self, name: str) -> dict[frozenset[tuple[str, str]], float]:
+        """Every series of the gauge ``name``, by its labels."""
+        return {labels: v for (n, labels), v in self.gauges.items() if n == name}
+
+    def gauge_by(self, name: str, label: str) -> dict[str, float]:
+        """The gauge ``name`` summed by the value of one label."""
+        out: dict[str, float] = {}
+        for labels, value in self.gauge(name).items():
+            key = dict(labels).get(label, "")
+            out[key] = out.get(key, 0.0) + value
+        return out
+
+    def has(self, name: str) -> bool:
+        """Whether any series of this sample name is in the scrape."""
+        return any(n == name for n, _ in self.gauges) or any(n == name for n, _ in self.counters)
+
+
+def parse_scrape(text: str, at: float) -> Scrape:
+    """Parse a Prometheus text exposition taken at ``at`` (monotonic seconds).
+
+    :raises SourceError: if it is not Prometheus text, or holds no workermeter metrics.
+    """
+    counters: dict[Key, float] = {}
+    gauges: dict[Key, float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            counting = family.type in ("counter", "histogram")
+            for s in family.samples:
+                if s.name.endswith("_created"):  # OpenMetrics creation times are not counts
+                    continue
+                into = counters if counting or s.name in _COUNTING else gauges
+                into[(s.name, frozenset(s.labels.items()))] = s.value
+    except ValueError:  # the parser's only complaint about text that is not the format
+        first = text.strip().splitlines()[0][:60]
+        raise SourceError(f"not Prometheus metrics: the response starts {first!r}") from None
+    if not any(name.startswith("workermeter_") for name, _ in [*counters, *gauges]):
+        raise SourceError("no workermeter_ metrics in the response: not a workermeter endpoint")
+    return Scrape(at, counters, gauges)
+
+
+def scrape(
+    url: str,
+    *,
+    fetch: Fetch = http_get,
+    clock: Callable[[], float] = time.monotonic,
+    timeout: float = 10.0,
+) -> Scrape:
+    """Fetch ``url`` once and parse it.
+
+    The scrape is dated halfway between sending the request and reading the answer: the server
+    computed its values somewhere in between, and a busy sync worker can take a while to answer.
+
+    :raises SourceError: if it cannot be read or is not a workermeter endpoint.
+    """
+    before = clock()
+    text = fetch(url, timeout)
+    after = clock()
+    try:
+        return parse_scrape(text, (before + after) / 2)
+    except SourceError as e:
+        raise SourceError(f"{url}: {e}") from None
+
+
+def sample(
+    url: str,
+    seconds: float,
+    *,
+    interval: float | None = None,
+    fetch: Fetch = http_get,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Scrape]:
+    """Scrape ``url`` at the start, every ``interval`` seconds, and at the end of ``seconds``.
+
+    ``interval`` defaults to a quarter of the window, between 1 and 5 seconds: the scrapes in
+    between catch a restart (which would lose the counts before it) and show whether queue wait
+    grew during the window.
+    """
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds!r}")
+    step = interval if interval is not None else max(1.0, min(5.0, seconds / 4))
+    start = clock()
+    scrapes = [scrape(url, fetch=fetch, clock=clock)]
+    k = 1
+    while True:
+        due = min(start + k * step, start + seconds)
+        pause = due - clock()
+        if pause > 0:
+            sleep(pause)
+        scrapes.append(scrape(url, fetch=fetch, clock=clock))
+        if due >= start + seconds:
+            return scrapes
+        k += 1
+
+
+# ------------------------------------------------------------------------------------- deltas
+
+
+def _group(key: Key) -> Key:
+    """Series that restart together: a histogram's buckets, sum and count (labels but ``le``)."""
+    name, labels = key
+    base = _HISTOGRAM_SUFFIX.sub("", name)
+    return base, frozenset(kv for kv in labels if kv[0] != "le")
+
+
+def _increase(before: Mapping[Key, float], after: Mapping[Key, float]) -> dict[Key, float]:
+    """How much each counter grew from one scrape to the next, counting restarts from 0.
+
+    A series new in ``after`` grew from 0: the store shows a series once it has counted
+    something, so all of it was counted after ``before``.
+    """
+    restarted = {_group(k) for k, v in after.items() if v < before.get(k, 0.0)}
+    return {
+        k: v if _group(k) in restarted else v - before.get(k, 0.0)
+        for k, v in after.items()
+    }  # fmt: skip
+
+
+def _increases(scrapes: Sequence[Scrape]) -> list[dict[Key, float]]:
+    return [_increase(a.counters, b.counters) for a, b in itertools.pairwise(scrapes)]
+
+
+def _total(increases: Iterable[Mapping[Key, float]]) -> dict[Key, float]:
+    out: dict[Key, float] = {}
+    for inc in increases:
+        for k, v in inc.items():
+            out[k] = out.get(k, 0.0) + v
+    return out
+
+
+class _Counts:
+    """Summed increases, read by name and label."""
+
+    def __init__(self, values: Mapping[Key, float]) -> None:
+        self.values = values
+
+    def sum(self, name: str) -> float:
+        return sum(v for (n, _), v in self.values.items() if n == name)
+
+    def by(self, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {}
+        for (n, ls), v in self.values.items():
+            if n == name:
+                d = dict(ls)
+                key = tuple(d.get(label, "") for label in labels)
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+    def buckets(self, name: str) -> list[tuple[float, float]]:
+        """A histogram's cumulative bucket counts summed over its other labels, by bound."""
+        return sorted((float(le), v) for (le,), v in self.by(name + "_bucket", "le").items())
+
+
+# ----------------------------------------------------------------------------- bucket statistics
+
+
+def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
+    """The ``q`` quantile of a histogram from cumulative ``(upper bound, count)`` pairs, as
+    PromQL's ``histogram_quantile`` computes it: linear within the bucket, and the largest finite
+    bound when it falls in the ``+Inf`` bucket. None when the histogram is empty.
+    """
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank and cumulative > below:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / (cumulative - below)
+        if not math.isinf(bound):
+            lower = bound
+        below = cumulative
+    return lower
+
+
+def bucket_cv(buckets: Sequence[tuple[float, float]]) -> float | None:
+    """Coefficient of variation (standard deviation / mean) of a histogram from cumulative
+    ``(upper bound, count)`` pairs, placing each bucket's requests at its midpoint (the ``+Inf``
+    bucket's at the largest finite bound).
+
+    The spread inside a bucket is left out, so requests that all take the same time give 0, and
+    spread-out ones a little less than the truth (a few per cent with workermeter's buckets).
+    None when the histogram is empty.
+    """
+    points: list[tuple[float, float]] = []
+    lower, below = 0.0, 0.0
+    for bound, cumulative in buckets:
+        count = cumulative - below
+        if count > 0:
+            points.append((lower if math.isinf(bound) else (lower + bound) / 2, count))
+        if not math.isinf(bound):
+            lower = bound
+        below = cumulative
+    n = sum(c for _, c in points)
+    if n <= 0:
+        return None
+    mean = sum(p * c for p, c in points) / n
+    if mean <= 0:
+        return None
+    variance = sum(c * (p - mean) ** 2 for p, c in points) / n
+    return math.sqrt(variance) / mean
+
+
+# --------------------------------------------------------------------------------- observation
+
+
+@dataclass(frozen=True)
+class RouteStats:
+    """One route over the window: ``busy`` is its service time summed (slot-seconds), and
+    ``cpu_share`` its sampled CPU time over sampled service time (None when none was sampled)."""
+
+    route: str
+    requests: float
+    rate: float
+    busy: float
+    service_time: float | None
+    cpu_share: float | None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a server did between the first and the last of two or more scrapes.
+
+    Rates and shares are over the window; worker gauges (capacity, in flight, memory) are as
+    the last scrape saw them, keyed by the ``worker`` label. ``None`` means the scrapes could not
+    tell (no request finished, no header with a start time, no request sampled for CPU).
+
+    :param seconds: the window's length.
+    :param requests: requests completed in the window.
+    :param rate: requests completed per second.
+    :param service_time: mean seconds from calling the app to the response being sent.
+    :param service_cv: the service time's coefficient of variation, from the duration buckets.
+    :param cpu_share: sampled CPU time / sampled service time.
+    :param process_cpu_share: the workers' CPU time / their busy time: the fallback when no
+        request was sampled (it also counts work outside requests, such as answering scrapes).
+    :param utilisation: busy slot-seconds / (seconds x slots), slots from the last scrape.
+    :param worker_utilisation: the same for each worker process.
+    :param worker_all_busy: share of time each worker process had every slot busy.
+    :param all_busy_share: share of time every slot of every worker was busy, at least: exact for
+        one worker, a lower bound for more (1 - the sum of the shares each was not full).
+    :param busy_distribution: share of worker-time spent with exactly k requests in flight.
+    :param queue_waits: requests whose queue wait was measured in the window.
+    :param queue_wait_mean: their mean wait.
+    :param queue_wait_p50: median queue wait, from the buckets.
+    :param queue_wait_p95: 95th percentile queue wait, from the buckets.
+    :param wait_growing: the mean queue wait of the window's second half was more than 1.5
+        times, and 5 ms more than, the first half's (needs three scrapes or more).
+    :param in_flight: requests in flight per worker.
+    :param capacity: slots (threads) per worker, where known.
+    :param pids: process id per worker.
+    :param rss: resident memory per worker, bytes.
+    :param uss: unique memory per worker, bytes (absent where it could not be read).
+    :param processes: live worker processes (``workermeter_workers``).
+    :param threads: threads per process: the most any worker has.
+    :param cores: the host's logical CPUs.
+    :param memory_total: the host's memory, bytes.
+    :param backlog: connections waiting in the listen queue, if the server exposes it.
+    :param routes: per route, busiest first.
+    """
+
+    seconds: float
+    requests: float
+    rate: float
+    service_time: float | None
+    service_cv: float | None
+    cpu_share: float | None
+    process_cpu_share: float | None
+    utilisation: float | None
+    worker_utilisation: Mapping[str, float]
+    worker_all_busy: Mapping[str, float]
+    all_busy_share: float | None
+    busy_distribution: Mapping[int, float]
+    queue_waits: float
+    queue_wait_mean: float | None
+    queue_wait_p50: float | None
+    queue_wait_p95: float | None
+    wait_growing: bool
+    in_flight: Mapping[str, int]
+    capacity: Mapping[str, int]
+    pids: Mapping[str, int]
+    rss: Mapping[str, int]
+    uss: Mapping[str, int]
+    processes: int | None
+    threads: int | None
+    cores: float | None
+    memory_total: int | None
+    backlog: float | None
+    routes: tuple[RouteStats, ...] = field(default=())
+
+    def workload(self) -> Workload:
+        """The capacity model's workload at the observed rate (the window is taken as the peak).
+
+        The CPU share is the sampled one, else the workers' CPU over busy time, else 0.
+        :raises SourceError: if no request completed in the window.
+        """
+        if self.requests <= 0 or not self.service_time:
+            raise SourceError(
+                f"no request completed in the {self.seconds:.0f} s window: sample while the app "
+                f"has traffic, or for longer"
+            )
+        share = self.cpu_share if self.cpu_share is not None else self.process_cpu_share
+        return Workload(
+            peak_rate=_rate(self.rate),
+            service_time=self.service_time,
+            cpu_share=_share(share or 0.0),
+            service_cv=1.0 if self.service_cv is None else self.service_cv,
+            utilisation=None if self.utilisation is None else _share(self.utilisation),
+            all_busy_share=self.all_busy_share,
+            wait_growing=self.wait_growing,
+        )
+
+    def machine(self) -> Machine:
+        """The machine as the last scrape saw it: the host's cores and memory, the largest
+        worker's RSS and USS, the live workers and their threads.
+
+        :raises SourceError: if the scrape has no host or worker memory.
+        """
+        if not self.rss or not self.memory_total or not self.cores:
+            raise SourceError(
+                "the scrape has no worker or host memory yet: a worker appears with its first "
+                "request, so sample while the app has traffic"
+            )
+        return _machine(
+            cores=self.cores,
+            memory_total=self.memory_total,
+            rss=max(self.rss.values()),
+            uss=max(self.uss.values(), default=0),
+            processes=self.processes,
+            threads=self.threads,
+        )
+
+
+def _rate(x: float) -> float:
+    """A measured rate to 3 significant digits: the reasons print it, and more digits than
+    that are noise."""
+    return float(f"{x:.3g}")
+
+
+def _share(x: float) -> float:
+    """Clamp a measured share into [0, 1]: busy time can overshoot the window by a scrape's
+    duration, and a CPU share by clock granularity."""
+    return min(1.0, max(0.0, x))
+
+
+def _machine(
+    *,
+    cores: float,
+    memory_total: float,
+    rss: float,
+    uss: float,
+    processes: float | None,
+    threads: float | None,
+) -> Machine:
+    process_rss = max(1, round(rss))
+    process_uss = round(uss) if 0 < uss <= rss else None  # 0: smaps was closed to the exporter
+    try:
+        return Machine(
+            cores=max(1.0, float(cores)),
+            memory_total=max(1, round(memory_total)),
+            process_rss=process_rss,
+            process_uss=process_uss,
+            processes=round(processes) if processes and processes >= 1 else None,
+            threads=round(threads) if threads and threads >= 1 else 1,
+        )
+    except ValueError as e:  # e.g. a box too small for its reserves: say so in one line
+        raise SourceError(str(e)) from None
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def observe(scrapes: Sequence[Scrape]) -> Observation:
+    """What happened between the first and the last of ``scrapes`` (in time order).
+
+    Counters' increases are summed over each pair of consecutive scrapes, so a restart loses at
+    most the counts between two scrapes.
+
+    :raises ValueError: with fewer than two scrapes or none later than the first.
+    """
+    if len(scrapes) < 2:
+        raise ValueError("observe() needs two scrapes or more")
+    seconds = scrapes[-1].at - scrapes[0].at
+    if not seconds > 0:
+        raise ValueError("the scrapes must be in time order, at different times")
+    steps = _increases(scrapes)
+    d = _Counts(_total(steps))
+    last = scrapes[-1]
+
+    requests = d.sum(m.REQUESTS.name + "_total")
+    duration_sum = d.sum(m.DURATION.name + "_sum")
+    duration_count = d.sum(m.DURATION.name + "_count")
+    cpu = d.sum(m.CPU.name + "_total")
+    cpu_wall = d.sum(m.CPU_WALL.name + "_total")
+    busy_by = {w: v for (w,), v in d.by(m.BUSY.name + "_total", "worker").items()}
+    busy = sum(busy_by.values())
+    process_cpu = d.sum(m.PROCESS_CPU.name + "_total")
+
+    capacity = {w: round(v) for w, v in last.gauge_by(m.CAPACITY.name, "worker").items() if v}
+    slots = sum(capacity.values())
+    worker_utilisation = {
+        w: busy_by.get(w, 0.0) / (seconds * c) for w, c in sorted(capacity.items())
+    }
+    all_busy_by = {w: v for (w,), v in d.by(m.ALL_BUSY.name + "_total", "worker").items()}
+    worker_all_busy = {w: all_busy_by.get(w, 0.0) / seconds for w in sorted(capacity)}
+    all_busy_share = None
+    if worker_all_busy:
+        all_busy_share = _share(1.0 - sum(1.0 - _share(s) for s in worker_all_busy.values()))
+
+    levels: dict[int, float] = {}
+    for (_, k), v in d.by(m.BUSY_SLOTS.name + "_total", "worker", "busy").items():
+        if k.isdigit():
+            levels[int(k)] = levels.get(int(k), 0.0) + v
+    level_total = sum(levels.values())
+    distribution = {k: v / level_total for k, v in sorted(levels.items())} if level_total else {}
+
+    wait_buckets = d.buckets(m.QUEUE_WAIT.name)
+    waits = d.sum(m.QUEUE_WAIT.name + "_count")
+
+    rss = {w: round(v) for w, v in last.gauge_by(m.RSS.name, "worker").items()}
+    uss = {w: round(v) for w, v in last.gauge_by(m.USS.name, "worker").items() if v > 0}
+    workers = last.gauge_by(m.WORKERS.name, "")
+    cores = last.gauge_by(m.HOST_CPUS.name, "")
+    memory = last.gauge_by(m.HOST_MEMORY.name, "")
+    # Only servers whose listening sockets workermeter can read expose a backlog.
+    backlog_name = m.LISTEN_BACKLOG.name
+    backlog = sum(last.gauge_by(backlog_name, "").values()) if last.has(backlog_name) else None
+
+    return Observation(
+        seconds=seconds,
+        requests=requests,
+        rate=requests / seconds,
+        service_time=_ratio(duration_sum, duration_count),
+        service_cv=bucket_cv(d.buckets(m.DURATION.name)),
+        cpu_share=_ratio(cpu, cpu_wall),
+        process_cpu_share=_ratio(process_cpu, busy),
+        utilisation=_ratio(busy, seconds * slots),
+        worker_utilisation=worker_utilisation,
+        worker_all_busy=worker_all_busy,
+        all_busy_share=all_busy_share,
+        busy_distribution=distribution,
+        queue_waits=waits,
+        queue_wait_mean=_ratio(d.sum(m.QUEUE_WAIT.name + "_sum"), waits),
+        queue_wait_p50=bucket_quantile(0.5, wait_buckets),
+        queue_wait_p95=bucket_quantile(0.95, wait_buckets),
+        wait_growing=_wait_growing(steps),
+        in_flight={
+            w: round(v) for w, v in sorted(last.gauge_by(m.IN_FLIGHT.name, "worker").items())
+        },
+        capacity=dict(sorted(capacity.items())),
+        pids={w: round(v) for w, v in sorted(last.gauge_by(m.WORKER_PID.name, "worker").items())},
+        rss=dict(sorted(rss.items())),
+        uss=dict(sorted(uss.items())),
+        processes=round(sum(workers.values())) if workers else None,
+        threads=max(capacity.values()) if capacity else None,
+        cores=sum(cores.values()) if cores else None,
+        memory_total=round(sum(memory.values())) if memory else None,
+        backlog=backlog,
+        routes=_routes(d, seconds),
+    )
+
+
+def _wait_growing(steps: Sequence[Mapping[Key, float]]) -> bool:
+    if len(steps) < 2:
+        return False
+    half = len(steps) // 2
+    means = []
+    for part in (steps[:half], steps[half:]):
+        counts = _Counts(_total(part))
+        means.append(
+            _ratio(counts.sum(m.QUEUE_WAIT.name + "_sum"), counts.sum(m.QUEUE_WAIT.name + "_count"))
+        )
+    first, second = means
+    if first is None or second is None:
+        return False
+    return second > GROWTH * first and second - first > GROWTH_FLOOR
+
+
+def _routes(d: _Counts, seconds: float) -> tuple[RouteStats, ...]:
+    requests = d.by(m.REQUESTS.name + "_total", "route")
+    sums = d.by(m.DURATION.name + "_sum", "route")
+    counts = d.by(m.DURATION.name + "_count", "route")
+    cpu = d.by(m.CPU.name + "_total", "route")
+    wall = d.by(m.CPU_WALL.name + "_total", "route")
+    routes = []
+    for (route,), n in requests.items():
+        if n <= 0:
+            continue
+        key = (route,)
+        routes.append(
+            RouteStats(
+                route=route,
+                requests=n,
+                rate=n / seconds,
+                busy=sums.get(key, 0.0),
+                service_time=_ratio(sums.get(key, 0.0), counts.get(key, 0.0)),
+                cpu_share=_ratio(cpu.get(key, 0.0), wall.get(key, 0.0)),
+            )
+        )
+    return tuple(sorted(routes, key=lambda r: (-r.busy, r.route)))
+
+
+# --------------------------------------------------------------------------------- measurement
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The capacity model's inputs taken from a source, and what was seen there.
+
+    :param source: where and over what window, in words.
+    :param seconds: the window's length.
+    :param workload: the rate (peak), service time, CPU share and signs of saturation.
+    :param machine: cores, memory and the current processes x threads.
+    :param queue_wait_p50: measured median queue wait in the window, if any was measured.
+    :param queue_wait_p95: measured 95th percentile queue wait in the window.
+    :param notes: how inputs were chosen where the source could not tell, one sentence each.
+    """
+
+    source: str
+    seconds: float
+    workload: Workload
+    machine: Machine
+    queue_wait_p50: float | None = None
+    queue_wait_p95: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+def _cpu_notes(cpu_share: float | None, process_cpu_share: float | None) -> list[str]:
+    if cpu_share is not None:
+        return []
+    if process_cpu_share is not None:
+        return [
+            "No request was sampled for CPU time, so the CPU share is the workers' CPU time over "
+            "their busy time (it also counts work outside requests)."
+        ]
+    return ["The CPU share could not be measured and is taken as 0."]
+
+
+def measure_metrics(
+    url: str,
+    seconds: float,
+    *,
+    interval: float | None = None,
+    fetch: Fetch = http_get,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Measurement:
+    """Sample a live ``/metrics`` endpoint for ``seconds`` and measure the capacity inputs.
+
+    The window is taken as the peak: run it while the app is at its busiest.
+
+    :raises SourceError: if the URL cannot be read, is not a workermeter endpoint, or no
+        request completed while it was sampled.
+    """
+    url = metrics_url(url)
+    scrapes = sample(url, seconds, interval=interval, fetch=fetch, clock=clock, sleep=sleep)
+    obs = observe(scrapes)
+    notes = _cpu_notes(obs.cpu_share, obs.process_cpu_share)
+    if obs.service_cv is None:
+        notes.append("The service time's variability is unknown; cv 1 is assumed.")
+    return Measurement(
+        source=f"{url}, sampled for {obs.seconds:.0f} s",
+        seconds=obs.seconds,
+        workload=obs.workload(),
+        machine=obs.machine(),
+        queue_wait_p50=obs.queue_wait_p50,
+        queue_wait_p95=obs.queue_wait_p95,
+        notes=tuple(notes),
+    )
+
+
+# ---------------------------------------------------------------------------------- Prometheus
+
+
+def _promql_duration(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _selector(selector: str) -> str:
+    selector = selector.strip()
+    if not selector:
+        return ""
+    if not selector.startswith("{"):
+        selector = "{" + selector + "}"
+    if not selector.endswith("}") or selector.count("{") != 1:
+        raise SourceError(f"not a label selector: {selector!r}; write it like '{{job=\"app\"}}'")
+    return selector
+
+
+@dataclass(frozen=True)
+class _Prometheus:
+    url: str
+    at: float
+    fetch: Fetch
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        params = urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
+        body = self.fetch(f"{self.url}/api/v1/query?{params}", 30.0)
+        try:
+            answer: Any = json.loads(body)
+        except ValueError:
+            raise SourceError(
+                f"{self.url} is not a Prometheus server: /api/v1/query did not answer JSON"
+            ) from None
+        if not isinstance(answer, dict) or answer.get("status") != "success":
+            error = answer.get("error", "no reason given") if isinstance(answer, dict) else ""
+            raise SourceError(f"Prometheus refused the query {promql!r}: {error}")
+        data = answer.get("data", {})
+        if data.get("resultType") == "scalar":
+            return [({}, float(data["result"][1]))]
+        out = []
+        for item in data.get("result", []):
+            value = float(item["value"][1])
+            if math.isfinite(value):
+                out.append((dict(item.get("metric", {})), value))
+        return out
+
+    def scalar(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return result[0][1] if result else None
+
+
+def measure_prometheus(
+    url: str,
+    *,
+    selector: str = "",
+    window: float = 86400.0,
+    fetch: Fetch = prometheus_get,
+    now: Callable[[], float] = time.time,
+) -> Measurement:
+    """Ask a Prometheus server for the capacity inputs over the last ``window`` seconds.
+
+    All from instant queries (``/api/v1/query``) at one moment. The peak rate is
+    ``max_over_time`` of the request rate as a subquery: the highest rate over ``RATE_RANGE``
+    (5 minutes, or the whole window when it is shorter) in the window, evaluated every fifth of
+    that range. The typical rate is the same curve's average; utilisation and the share of time
+    all slots were busy are taken at their highest too (they only serve to say whether the
+    workers were saturated). Service time, its variability, CPU share and queue wait are over
+    the whole window; memory is the largest any worker had; cores, host memory, processes and
+    threads are their last values.
+
+    ``selector`` (``{job="app"}``) must pick out one server: the model sizes one machine.
+
+    :raises SourceError: if Prometheus cannot be reached or refuses a query, or has no
+        workermeter data for the selector in the window.
+    """
+    base = url.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise SourceError(f"not an http(s) URL: {url!r}; give one like http://127.0.0.1:9090")
+    if not window > 0:
+        raise ValueError(f"window must be > 0 seconds, got {window!r}")
+    sel = _selector(selector)
+    prom = _Prometheus(base, now(), fetch)
+    w, words = _promql_duration(window), _words(window)
+    r = _promql_duration(min(RATE_RANGE, window))
+    res = _promql_duration(max(1.0, min(RATE_RANGE, window) / 5))
+
+    def series(metric: m.Metric, suffix: str = "") -> str:
+        return f"{metric.name}{suffix}{sel}"
+
+    requests = series(m.REQUESTS, "_total")
+    servers = prom.scalar(f"count(last_over_time({series(m.HOST_CPUS)}[{w}]))")
+    if not servers:
+        raise SourceError(
+            f"Prometheus at {base} has no {series(m.HOST_CPUS)} in the last {words}: check that it "
+            f"scrapes the app's /metrics and that --selector matches it"
+        )
+    if servers > 1:
+        raise SourceError(
+            f"{sel or 'no selector'} matches {servers:.0f} servers in Prometheus; the model sizes "
+            f"one machine: narrow it with --selector, e.g. '{{instance=\"web1:8000\"}}'"
+        )
+    curve = f"sum(rate({requests}[{r}]))"
+    peak = prom.scalar(f"max_over_time({curve}[{w}:{res}])")
+    typical = prom.scalar(f"avg_over_time({curve}[{w}:{res}])")
+    d_sum = prom.scalar(f"sum(increase({series(m.DURATION, '_sum')}[{w}]))")
+    d_count = prom.scalar(f"sum(increase({series(m.DURATION, '_count')}[{w}]))")
+    if not peak or not d_sum or not d_count:
+        raise SourceError(
+            f"Prometheus at {base} saw no requests completed for {sel or 'any job'} in the "
+            f"last {words}: choose a window with traffic"
+        )
+
+    def increases_by_le(metric: m.Metric) -> list[tuple[float, float]]:
+        rows = prom.query(f"sum by (le) (increase({series(metric, '_bucket')}[{w}]))")
+        return sorted((float(labels["le"]), v) for labels, v in rows if "le" in labels)
+
+    cpu = prom.scalar(f"sum(increase({series(m.CPU, '_total')}[{w}]))")
+    cpu_wall = prom.scalar(f"sum(increase({series(m.CPU_WALL, '_total')}[{w}]))")
+    cpu_share = _ratio(cpu or 0.0, cpu_wall or 0.0)
+    process_cpu_share = None
+    if cpu_share is None:
+        busy = prom.scalar(f"sum(increase({series(m.BUSY, '_total')}[{w}]))")
+        process = prom.scalar(f"sum(increase({series(m.PROCESS_CPU, '_total')}[{w}]))")
+        process_cpu_share = _ratio(process or 0.0, busy or 0.0)
+    utilisation = prom.scalar(
+        f"max_over_time((sum(rate({series(m.BUSY, '_total')}[{r}])) / "
+        f"sum({series(m.CAPACITY)}))[{w}:{res}])"
+    )
+    all_busy = prom.scalar(
+        f"max_over_time(clamp_min(1 - sum(1 - rate({series(m.ALL_BUSY, '_total')}[{r}])), 0)"
+        f"[{w}:{res}])"
+    )
+    cv = bucket_cv(increases_by_le(m.DURATION))
+    waits = increases_by_le(m.QUEUE_WAIT)
+
+    def last(metric: m.Metric, how: str = "sum") -> float | None:
+        return prom.scalar(f"{how}(last_over_time({series(metric)}[{w}]))")
+
+    rss = prom.scalar(f"max(max_over_time({series(m.RSS)}[{w}]))")
+    uss = prom.scalar(f"max(max_over_time({series(m.USS)}[{w}]))")
+    cores, memory = last(m.HOST_CPUS), last(m.HOST_MEMORY)
+    if not rss or not cores or not memory:
+        raise SourceError(
+            f"Prometheus at {base} has no worker memory or host figures for {sel or 'any job'} "
+            f"in the last {words}"
+        )
+    notes = _cpu_notes(cpu_share, process_cpu_share)
+    if cv is None:
+        notes.append("The service time's variability is unknown; cv 1 is assumed.")
+    share = cpu_share if cpu_share is not None else process_cpu_share
+    peak = _rate(peak)
+    workload = Workload(
+        peak_rate=peak,
+        service_time=d_sum / d_count,
+        cpu_share=_share(share or 0.0),
+        service_cv=1.0 if cv is None else cv,
+        typical_rate=min(_rate(typical), peak) if typical is not None else None,
+        utilisation=None if utilisation is None else _share(utilisation),
+        all_busy_share=None if all_busy is None else _share(all_busy),
+    )
+    machine = _machine(
+        cores=cores,
+        memory_total=memory,
+        rss=rss,
+        uss=uss or 0.0,
+        processes=last(m.WORKERS),
+        threads=last(m.CAPACITY, "max"),
+    )
+    return Measurement(
+        source=f"Prometheus at {base}, {sel or 'all series'}, over the last {words}",
+        seconds=window,
+        workload=workload,
+        machine=machine,
+        queue_wait_p50=bucket_quantile(0.5, waits),
+        queue_wait_p95=bucket_quantile(0.95, waits),
+        notes=tuple(notes),
+    )
+
+
+def _words(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+    return f"{seconds:g} s"

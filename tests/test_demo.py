@@ -1,0 +1,94 @@
+"""``workermeter demo`` end to end, as a user runs it: a subprocess, bounded in time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+
+import servers
+
+DEMO_APP = "workermeter.demo_app:application"
+
+
+def demo_processes(since: float) -> list[psutil.Process]:
+    """Live processes serving the demo app that started after ``since`` (so not anyone else's
+    demo from before this test)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
+        info = proc.info
+        if (
+            DEMO_APP in (info["cmdline"] or [])
+            and info["create_time"] >= since - 1
+            and info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(proc)
+    return found
+
+
+def environment() -> dict[str, str]:
+    env = servers.server_env(None)
+    env["COLUMNS"] = "120"
+    return env
+
+
+def test_demo_runs_end_to_end_and_leaves_nothing_running() -> None:
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "workermeter", "demo", "--duration", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        cwd=servers.ROOT,
+    )
+    elapsed = time.time() - started
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert "Traceback" not in result.stderr
+    pid = int(re.search(r"gunicorn \(pid (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    # The last frame of the live view, then the answer and where to go next.
+    assert "Workers" in out and "/io" in out and "/cpu" in out
+    assert "in flight" in out and "queue wait  p50" in out
+    assert re.search(r"^Suggestion: \d+ process(es)? x \d+ threads? on ", out, re.M)
+    assert "- At the peak of" in out  # the reasons
+    assert "Next, measure your own app:" in out
+    assert "workermeter suggest --metrics" in out
+    # It drove the 2 workers past saturation.
+    assert "the workers were saturated" in out
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert demo_processes(started) == []
+    assert elapsed < 30
+
+
+def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workermeter", "demo", "--duration", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=servers.ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        header = proc.stdout.readline()  # printed once gunicorn answers
+        assert "workermeter demo" in header, header
+        assert demo_processes(started)  # gunicorn answered, so it runs
+        time.sleep(3)
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Stopped early." in out
+    assert "Suggestion: " in out
+    assert demo_processes(started) == []
