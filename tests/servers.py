@@ -262,7 +262,12 @@ def gunicorn(
 
 @contextlib.contextmanager
 def uvicorn(
-    tmp_path: Path, *, workers: int, store: Path | None, name: str = "uvicorn"
+    tmp_path: Path,
+    *,
+    workers: int,
+    store: Path | None,
+    name: str = "uvicorn",
+    extra: Sequence[str] = (),
 ) -> Iterator[Server]:
     """uvicorn ``--workers N`` serving ``tests/apps/asgi_app.py``; workers are spawned, not
     forked, and get the listening socket passed to them."""
@@ -277,6 +282,7 @@ def uvicorn(
             "--app-dir", str(TESTS),
             "--no-access-log",
             "--timeout-graceful-shutdown", "3",
+            *extra,
         ]  # fmt: skip
 
     env = server_env(store)

@@ -116,20 +116,43 @@ def test_uvicorn_two_spawned_workers_exact_total(tmp_path: Path, automatic: bool
     assert set(m.by("workermeter_in_flight_requests", "worker")) == {"0", "1"}
 
 
+@pytest.mark.parametrize(
+    ("extra", "capacity"),
+    [
+        pytest.param(["--limit-concurrency", "24"], 24.0, id="limit-concurrency"),
+        pytest.param([], None, id="no-limit"),
+    ],
+)
+def test_uvicorn_capacity(tmp_path: Path, extra: list[str], capacity: float | None) -> None:
+    with uvicorn(tmp_path, workers=1, store=tmp_path / "store", extra=extra) as server:
+        assert set(drive(server.url, ["/sleep?ms=1"] * 4)) == {200}
+        m = scrape_idle(server.url)
+    if capacity is None:
+        assert m.select("workermeter_capacity_threads") == []
+        assert m.sum("workermeter_capacity_detected") == 0
+        assert "sets no limit on the requests a worker serves at once" in server.log_text()
+    else:
+        assert m.sum("workermeter_capacity_threads", worker="0") == capacity
+        assert m.sum("workermeter_capacity_detected") == 1
+
+
 def test_gunicorn_asgi_workers_exact_total(tmp_path: Path) -> None:
     from gunicorn.workers import SUPPORTED_WORKERS
 
     if "asgi" not in SUPPORTED_WORKERS:
         pytest.skip("this gunicorn has no asgi worker (gunicorn >= 25 has)")
     with gunicorn(
-        tmp_path, workers=2, worker_class="asgi", app="apps.asgi_app:app", store=None
-    ) as server:
+        tmp_path, workers=2, worker_class="asgi", app="apps.asgi_app:app", store=None,
+        extra=["--worker-connections", "50"],
+    ) as server:  # fmt: skip
         statuses = drive(server.url, mixed(N))
         m = scrape_idle(server.url)
 
     assert statuses == [200] * N
     assert_exact(m, N)
     assert m.sum("workermeter_workers") == 2
+    # An async worker serves up to --worker-connections at once.
+    assert set(m.by("workermeter_capacity_threads", "worker").values()) == {50.0}
 
 
 def test_two_gunicorns_keep_their_automatic_stores_apart(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .recorder import (
     status_index,
 )
 from .request_start import queue_wait
+from .server import detect
 
 log = logging.getLogger("workermeter")
 
@@ -159,13 +160,16 @@ class ASGIMiddleware:
 
     def _activate(self) -> Active:
         rec = self.recorder
-        if rec.threads is None:
+        # The frame that called __call__ belongs to the server (or to middleware above us).
+        found = detect(None, sys._getframe(1).f_back)
+        if found.threads is None and rec.threads is None:
             log.warning(
-                "workermeter: the capacity of an ASGI worker is not known; pass threads=N to "
-                "ASGIMiddleware for utilisation to be computed"
+                "workermeter: %s sets no limit on the requests a worker serves at once; pass "
+                "threads=N to ASGIMiddleware for utilisation to be computed",
+                found.server,
             )
         # Requests of one event loop run in one thread: the level needs no lock.
-        active = rec.activate(multithread=False, capacity=None)
+        active = rec.activate(multithread=False, capacity=found.threads)
         if self._probe is None or self._probe.done():
             try:
                 loop = asyncio.get_running_loop()

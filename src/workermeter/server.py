@@ -3,7 +3,8 @@
 Asked once per process, with the first request. Servers are recognised without importing them:
 mod_wsgi and uWSGI put a module of their own in ``sys.modules``; gunicorn and waitress are found
 as the worker object on the call stack of the request, whose configuration says its threads.
-When nothing tells, the answer says so rather than guessing.
+uvicorn is found the same way through its request cycle. When nothing tells, the answer says so
+rather than guessing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _from_stack(frame: FrameType | None) -> Capacity | None:
             found = _waitress(owner)
             if found is not None:
                 return found
+        if module.startswith("uvicorn.protocols."):
+            return _uvicorn(owner)
         frame = frame.f_back
         depth += 1
     return None
@@ -90,6 +93,20 @@ def _gunicorn(worker: Any) -> Capacity:
     # gevent, eventlet and the ASGI worker serve up to worker_connections at once.
     return Capacity(f"gunicorn {kind}", _positive(getattr(cfg, "worker_connections", None)),
                     processes, "gunicorn --worker-connections")  # fmt: skip
+
+
+def _uvicorn(cycle: Any) -> Capacity:
+    """uvicorn's request cycle reaches its connection's protocol, which holds the config.
+
+    An event loop has no fixed number of slots: only ``--limit-concurrency`` bounds it."""
+    protocol = getattr(getattr(cycle, "on_response", None), "__self__", None)
+    config = getattr(protocol, "config", None)
+    return Capacity(
+        "uvicorn",
+        _positive(getattr(config, "limit_concurrency", None)),
+        _positive(getattr(config, "workers", None)),
+        "uvicorn --limit-concurrency",
+    )
 
 
 def _waitress(owner: Any) -> Capacity | None:
