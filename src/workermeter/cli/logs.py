@@ -82,9 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    top = _integer("--top", args.top)
+    top = parse_integer("--top", args.top)
     capacity, processes, threads = _capacity(args)
-    share = None if args.cpu_share is None else _share(args.cpu_share)
+    share = None if args.cpu_share is None else parse_share(args.cpu_share)
     analysis = read_logs(
         args.files, fmt=args.format, pattern=args.pattern, capacity=capacity, cpu_share=share
     )
@@ -143,7 +143,8 @@ def read_logs(
 # --- options ----------------------------------------------------------------------------------
 
 
-def _integer(name: str, value: str, low: int = 1) -> int:
+def parse_integer(name: str, value: str, low: int = 1) -> int:
+    """A whole-number option, at least ``low``."""
     try:
         number = int(value)
     except ValueError:
@@ -153,7 +154,8 @@ def _integer(name: str, value: str, low: int = 1) -> int:
     return number
 
 
-def _share(value: str) -> float:
+def parse_share(value: str) -> float:
+    """``--cpu-share``: a share from 0 to 1."""
     try:
         share = float(value)
     except ValueError:
@@ -163,7 +165,7 @@ def _share(value: str) -> float:
     return share
 
 
-def _bytes(name: str, value: str) -> int:
+def parse_size(name: str, value: str) -> int:
     """``4294967296``, ``4G``, ``4GiB``, ``512M``, ``1.5G``: binary units (1K = 1024 bytes)."""
     m = _SIZE.fullmatch(value.strip())
     if m is None:
@@ -178,9 +180,9 @@ def _bytes(name: str, value: str) -> int:
 
 def _capacity(args: argparse.Namespace) -> tuple[int | None, int | None, int]:
     """--capacity, or --processes x --threads; they must agree when both are given."""
-    capacity = None if args.capacity is None else _integer("--capacity", args.capacity)
-    processes = None if args.processes is None else _integer("--processes", args.processes)
-    threads = 1 if args.threads is None else _integer("--threads", args.threads)
+    capacity = None if args.capacity is None else parse_integer("--capacity", args.capacity)
+    processes = None if args.processes is None else parse_integer("--processes", args.processes)
+    threads = 1 if args.threads is None else parse_integer("--threads", args.threads)
     if args.threads is not None and processes is None:
         raise UsageError("--threads needs --processes (or give the total as --capacity)")
     if processes is not None:
@@ -212,14 +214,15 @@ def _machine(
         memory = int(psutil.virtual_memory().total)
         assumed.append(f"{memory / (1 << 30):.1f} GiB of memory (this machine's; pass --memory)")
     else:
-        memory = _bytes("--memory", args.memory)
+        memory = parse_size("--memory", args.memory)
     if args.process_memory is None:
         process = PROCESS_MEMORY
         assumed.append(f"{process // MIB} MiB per worker process (pass --process-memory)")
     else:
-        process = _bytes("--process-memory", args.process_memory)
+        process = parse_size("--process-memory", args.process_memory)
     if processes is None and args.capacity is not None:
-        processes, threads = _integer("--capacity", args.capacity), 1  # the slot count is known
+        # the slot count is known
+        processes, threads = parse_integer("--capacity", args.capacity), 1
     try:
         return (
             Machine(

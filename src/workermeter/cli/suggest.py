@@ -132,26 +132,10 @@ def measure(args: argparse.Namespace) -> observe.Measurement:
 
 def _from_logs(args: argparse.Namespace) -> observe.Measurement:
     # Imported here: only this source needs the log reader.
-    from .logs import _bytes, read_logs
+    from .logs import parse_integer, parse_share, parse_size, read_logs
 
-    capacity = None
-    if args.capacity is not None:
-        try:
-            capacity = int(args.capacity)
-        except ValueError:
-            capacity = 0
-        if capacity < 1:
-            raise UsageError(
-                f"--capacity must be a whole number of slots >= 1, not {args.capacity!r}"
-            )
-    share = None
-    if args.cpu_share is not None:
-        try:
-            share = float(args.cpu_share)
-        except ValueError:
-            share = math.nan
-        if not 0.0 <= share <= 1.0:
-            raise UsageError(f"--cpu-share must be a share from 0 to 1, not {args.cpu_share!r}")
+    capacity = None if args.capacity is None else parse_integer("--capacity", args.capacity)
+    share = None if args.cpu_share is None else parse_share(args.cpu_share)
     analysis = read_logs(args.logs, fmt=args.log_format, capacity=capacity, cpu_share=share)
     if analysis.workload is None:
         raise UsageError("every logged duration is 0: the logs cannot show a service time")
@@ -163,7 +147,7 @@ def _from_logs(args: argparse.Namespace) -> observe.Measurement:
             f"(pass --process-memory)."
         )
     else:
-        memory = _bytes("--process-memory", args.process_memory)
+        memory = parse_size("--process-memory", args.process_memory)
     notes.append("Cores and memory are this machine's: run it where the app runs.")
     try:
         machine = Machine(
