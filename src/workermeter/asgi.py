@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_scope
+from .options import Meter
 from .recorder import (
     P_DISCONNECTS,
     P_UPLOADS,
     P_WEBSOCKETS,
     UNMATCHED,
     Active,
-    Recorder,
     content_longer,
     status_index,
 )
@@ -37,7 +35,7 @@ _START_HEADERS = (b"x-request-start", b"x-queue-start")
 _FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
-class ASGIMiddleware:
+class ASGIMiddleware(Meter):
     """Measures every HTTP request of an ASGI application: queue wait, service time, CPU share,
     concurrency and busy time, written to a store that all worker processes share.
 
@@ -54,39 +52,10 @@ class ASGIMiddleware:
         application = ASGIMiddleware(get_asgi_application())
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        route: Callable[[Scope], str | None] | None = None,
-        threads: int | None = None,
-        metrics_path: str | None = "/metrics",
-        token: str | None = None,
-        directory: str | os.PathLike[str] | None = None,
-        route_limit: int | None = None,
-        cpu_sample: int | None = None,
-        upload_bytes: int | None = None,
-        max_skew: float = 2.0,
-        max_age: float = 600.0,
-        recorder: Recorder | None = None,
-    ) -> None:
-        if not callable(app):
-            raise ValueError(f"ASGIMiddleware wraps an ASGI application (a callable), got {app!r}")
-        opts = _options.build(
-            route=route, threads=threads, metrics_path=metrics_path, token=token,
-            directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
-            upload_bytes=upload_bytes,
-            max_skew=max_skew, max_age=max_age, recorder=recorder,
-        )  # fmt: skip
-        self.app = app
-        self.route = route or route_from_scope
-        self.recorder = opts.recorder
-        self._opts = opts
-        self._metrics_path = opts.metrics_path
-        self._max_skew = opts.max_skew
-        self._max_age = opts.max_age
-        self._upload_bytes = self.recorder.upload_bytes
-        self._probe: asyncio.Task[None] | None = None
+    wraps = "an ASGI application"
+    default_route = route_from_scope
+
+    _probe: asyncio.Task[None] | None = None  # the event-loop probe, once started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -193,14 +162,14 @@ class ASGIMiddleware:
         forwarded = any(h in headers for h in _FORWARDING)
         auth = headers.get(b"authorization")
         ok = scope.get("method") in ("GET", "HEAD") and allowed(
-            self._opts.token,
+            self.token,
             client[0] if client else None,
             forwarded,
             auth.decode("latin-1") if auth is not None else None,
         )
         if ok:
             accept = headers.get(b"accept")
-            body, content_type = self._opts.exposition.render(
+            body, content_type = self.exposition.render(
                 accept.decode("latin-1") if accept is not None else None
             )
             status = 200

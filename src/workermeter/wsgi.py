@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from . import options as _options
 from .exposition import allowed
 from .integrations import route_from_environ
+from .options import Meter
 from .recorder import (
     P_DISCONNECTS,
     P_UPLOADS,
@@ -19,7 +18,6 @@ from .recorder import (
     UNMATCHED,
     Active,
     Lane,
-    Recorder,
     content_longer,
 )
 from .request_start import queue_wait
@@ -42,7 +40,7 @@ _OTHER = 5
 _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
-class WSGIMiddleware:
+class WSGIMiddleware(Meter):
     """Measures every request of a WSGI application: queue wait, service time, CPU share,
     concurrency and busy time, written to a store that all worker processes of the server share.
 
@@ -78,41 +76,11 @@ class WSGIMiddleware:
         application = WSGIMiddleware(get_wsgi_application())
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        route: Callable[[Environ], str | None] | None = None,
-        threads: int | None = None,
-        metrics_path: str | None = "/metrics",
-        token: str | None = None,
-        directory: str | os.PathLike[str] | None = None,
-        route_limit: int | None = None,
-        cpu_sample: int | None = None,
-        upload_bytes: int | None = None,
-        max_skew: float = 2.0,
-        max_age: float = 600.0,
-        recorder: Recorder | None = None,
-    ) -> None:
-        if not callable(app):
-            raise ValueError(f"WSGIMiddleware wraps a WSGI application (a callable), got {app!r}")
-        opts = _options.build(
-            route=route, threads=threads, metrics_path=metrics_path, token=token,
-            directory=directory, route_limit=route_limit, cpu_sample=cpu_sample,
-            upload_bytes=upload_bytes,
-            max_skew=max_skew, max_age=max_age, recorder=recorder,
-        )  # fmt: skip
-        self.app = app
-        self.route = route or route_from_environ
-        self.recorder = opts.recorder
-        self._opts = opts
-        self._metrics_path = opts.metrics_path
-        self._start_keys: tuple[str, ...] = _START_KEYS
-        self._max_skew = opts.max_skew
-        self._max_age = opts.max_age
-        self._upload_bytes = self.recorder.upload_bytes
-        self._wall_clock = self.recorder.wall_clock
-        self._cpu_clock = self.recorder.cpu_clock
+    wraps = "a WSGI application"
+    default_route = route_from_environ
+
+    # mod_wsgi's own environ keys are added when the first request shows it is mod_wsgi.
+    _start_keys: tuple[str, ...] = _START_KEYS
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path. Its steps are written out rather than split into helper calls: each call
@@ -157,9 +125,8 @@ class WSGIMiddleware:
         if length and content_longer(length, self._upload_bytes):
             lane.count(P_UPLOADS)
             return
-        opts = self._opts
-        lane.queue_wait(*queue_wait(values, self.recorder.wall_clock(), max_skew=opts.max_skew,
-                                    max_age=opts.max_age))  # fmt: skip
+        lane.queue_wait(*queue_wait(values, self._wall_clock(), max_skew=self._max_skew,
+                                    max_age=self._max_age))  # fmt: skip
 
     def _activate(self, environ: Environ) -> Active:
         multithread = bool(environ.get("wsgi.multithread", True))
@@ -180,16 +147,15 @@ class WSGIMiddleware:
         return self.recorder.activate(multithread=multithread, capacity=found.threads)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        opts = self._opts
         forwarded = any(k in environ for k in _FORWARDING)
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or not allowed(
-            opts.token, environ.get("REMOTE_ADDR"), forwarded, environ.get("HTTP_AUTHORIZATION")
+            self.token, environ.get("REMOTE_ADDR"), forwarded, environ.get("HTTP_AUTHORIZATION")
         ):
             start_response(
                 "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
             )
             return [b"Not Found\n"]
-        body, content_type = opts.exposition.render(environ.get("HTTP_ACCEPT"))
+        body, content_type = self.exposition.render(environ.get("HTTP_ACCEPT"))
         start_response(
             "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
         )
