@@ -871,3 +871,50 @@ def test_upload_limit_is_an_option(recorder: Recorder) -> None:
     assert value(scrape(mw), "workermeter_queue_wait_uploads_total") == 1
     with pytest.raises(ValueError, match="upload_bytes must be an int >= 0"):
         WSGIMiddleware(ok_app, upload_bytes=-1)
+
+
+# --------------------------------------------------------------------------- the meter failing
+
+
+def test_a_store_that_cannot_be_used_leaves_requests_served(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(**kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recorder.store(), "attach", refuse)
+    mw = WSGIMiddleware(ok_app, recorder=recorder)
+    with caplog.at_level("ERROR", logger="workermeter"):
+        for _ in range(3):
+            assert get(mw, make_environ("/")).body == b"ok"
+    assert caplog.text.count("requests are served unmeasured") == 1
+    assert recorder.active is None
+
+
+def test_a_full_store_keeps_serving_and_counting_known_series(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    mw = WSGIMiddleware(ok_app, recorder=recorder, route=lambda e: e["PATH_INFO"])
+    get(mw, make_environ("/known"))
+    active = recorder.active
+    assert active is not None
+
+    def full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(active.region, "allocate", full)
+    with caplog.at_level("ERROR", logger="workermeter"):
+        assert get(mw, make_environ("/new")).body == b"ok"
+        assert get(mw, make_environ("/known")).body == b"ok"
+    assert "the store cannot grow" in caplog.text
+    samples = scrape(mw)
+    assert value(samples, REQUESTS, route="/known", method="GET", status="2xx") == 2
+    assert ("workermeter_requests_total", frozenset({("route", "/new")})) not in samples
+
+
+def test_an_unusable_store_directory_is_refused_at_construction(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(ValueError, match="chmod 700"):
+        WSGIMiddleware(ok_app, directory=open_dir)

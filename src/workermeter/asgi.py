@@ -74,6 +74,9 @@ class ASGIMiddleware(Meter):
                 return
         rec = self.recorder
         active = rec.active or self._activate()
+        if active is None:
+            await self.app(scope, receive, send)
+            return
         lane = active.lane()
         cpu0 = lane.cpu_start(rec.cpu_clock)
         start: Any = None
@@ -127,7 +130,7 @@ class ASGIMiddleware(Meter):
                 return content_longer(value, self._upload_bytes)
         return False
 
-    def _activate(self) -> Active:
+    def _activate(self) -> Active | None:
         rec = self.recorder
         # The frame that called __call__ belongs to the server (or to middleware above us).
         found = detect(None, sys._getframe(1).f_back)
@@ -138,7 +141,9 @@ class ASGIMiddleware(Meter):
                 found.server,
             )
         # Requests of one event loop run in one thread: the level needs no lock.
-        active = rec.activate(multithread=False, capacity=found.threads)
+        active = self._attach(multithread=False, capacity=found.threads)
+        if active is None:
+            return None
         if self._probe is None or self._probe.done():
             try:
                 loop = asyncio.get_running_loop()
@@ -149,6 +154,9 @@ class ASGIMiddleware(Meter):
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         active = self.recorder.active or self._activate()
+        if active is None:
+            await self.app(scope, receive, send)
+            return
         active.lane().count(P_WEBSOCKETS)
         active.websocket(1)
         try:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .exposition import Exposition
-from .instance import default_directory
-from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Recorder
+from .instance import ENV_DIR, default_directory
+from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
+from .store import ensure_private_dir
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
+
+log = logging.getLogger("workermeter")
 
 
 class Meter:
@@ -60,6 +64,10 @@ class Meter:
             token = os.environ.get(ENV_TOKEN) or None
         elif not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string (or None to use WORKERMETER_TOKEN)")
+        if directory is None and os.environ.get(ENV_DIR):
+            directory = os.environ[ENV_DIR]
+        if directory is not None:
+            ensure_private_dir(Path(directory))  # a misconfigured store fails here, not later
         if recorder is None:
             recorder = Recorder(
                 directory=Path(directory) if directory is not None else default_directory,
@@ -85,3 +93,17 @@ class Meter:
         self._upload_bytes = recorder.upload_bytes
         self._wall_clock = recorder.wall_clock
         self._cpu_clock = recorder.cpu_clock
+        self._failed_in = 0  # pid of a process where the meter could not attach
+
+    def _attach(self, *, multithread: bool, capacity: int | None) -> Active | None:
+        """This process's recorder state; None when the store cannot be used, so requests are
+        served unmeasured rather than failed (logged once per process)."""
+        pid = os.getpid()
+        if self._failed_in == pid:
+            return None
+        try:
+            return self.recorder.activate(multithread=multithread, capacity=capacity)
+        except Exception:  # the app must be served even when the meter cannot record
+            log.exception("workermeter: cannot record; requests are served unmeasured")
+            self._failed_in = pid
+            return None

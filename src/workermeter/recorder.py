@@ -9,6 +9,7 @@ for single-threaded workers and event loops there is none.
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import threading
 import time
@@ -20,6 +21,8 @@ from . import store as _store
 from .listeners import own_listening_inodes
 from .metrics import BUCKETS_NS
 from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE, parse_timestamp, queue_wait_one
+
+log = logging.getLogger("workermeter")
 
 NBUCKETS = len(BUCKETS_NS) + 1  # the last one is +Inf
 
@@ -93,9 +96,7 @@ class Lane:
         self.routes: dict[tuple[str, str], tuple[memoryview, int]] = {}
         # cpu_sample 0 starts the countdown at -1: it never reaches zero.
         self.countdown = active.cpu_sample or -1
-        self.proc, self.proc_base = active.region.allocate(
-            _store.PROCESS, "", index, PROCESS_VALUES
-        )
+        self.proc, self.proc_base = active.allocate(_store.PROCESS, "", index, PROCESS_VALUES)
 
     def request_start(self, value: str, now: float, max_skew: float, max_age: float) -> None:
         """Record the queue wait told by one request-start value, or why it was not observed."""
@@ -177,6 +178,7 @@ class Active:
         self._lanes: list[Lane] = []
         self._free: list[int] = []
         self._routes: set[str] = set()
+        self._alloc_failed = False
         self.level = 0
         self.seq = 0
         self._enter = [0] * (_MAX_LEVEL + 1)
@@ -229,9 +231,20 @@ class Active:
         return self._allocate(lane, route, method)
 
     def _allocate(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
-        slot = self.region.allocate(_store.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
+        slot = self.allocate(_store.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
         lane.routes[(route, method)] = slot
         return slot
+
+    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> tuple[memoryview, int]:
+        """A record in the store; when the store cannot grow (its file system is full), one in
+        this process's memory, so that requests are still served (the loss is logged once)."""
+        try:
+            return self.region.allocate(kind, key, lane, nvalues)
+        except OSError as e:  # ENOSPC on a full /dev/shm, or the like
+            if not self._alloc_failed:
+                self._alloc_failed = True
+                log.error("workermeter: the store cannot grow (%s); new series are not kept", e)
+            return memoryview(bytearray(8 * nvalues)).cast("q"), 0
 
     # The level word holds an update count above the level (store.LEVEL_BITS): odd while an
     # update is under way, so a scrape can tell a consistent state from a torn one. The time of

@@ -90,6 +90,9 @@ class WSGIMiddleware(Meter):
         active = self.recorder.active
         if active is None:
             active = self._activate(environ)
+            if active is None:
+                unmeasured: Iterable[bytes] = self.app(environ, start_response)
+                return unmeasured
         try:
             lane = active.local.lane
         except AttributeError:
@@ -128,7 +131,7 @@ class WSGIMiddleware(Meter):
         lane.queue_wait(*queue_wait(values, self._wall_clock(), max_skew=self._max_skew,
                                     max_age=self._max_age))  # fmt: skip
 
-    def _activate(self, environ: Environ) -> Active:
+    def _activate(self, environ: Environ) -> Active | None:
         multithread = bool(environ.get("wsgi.multithread", True))
         if "mod_wsgi.version" in environ:
             self._start_keys = _START_KEYS + _MOD_WSGI_KEYS
@@ -144,7 +147,7 @@ class WSGIMiddleware(Meter):
         elif self.recorder.threads is None:
             log.info("workermeter: %s, %s threads per process (%s)", found.server,
                      found.threads, found.source)  # fmt: skip
-        return self.recorder.activate(multithread=multithread, capacity=found.threads)
+        return self._attach(multithread=multithread, capacity=found.threads)
 
     def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         forwarded = any(k in environ for k in _FORWARDING)
