@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 from .exposition import Exposition
 from .instance import ENV_DIR, default_directory
 from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
-from .store import ensure_private_dir
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
 
@@ -64,10 +63,6 @@ class Meter:
             token = os.environ.get(ENV_TOKEN) or None
         elif not isinstance(token, str) or not token:
             raise ValueError("token must be a non-empty string (or None to use WORKERMETER_TOKEN)")
-        if directory is None and os.environ.get(ENV_DIR):
-            directory = os.environ[ENV_DIR]
-        if directory is not None:
-            ensure_private_dir(Path(directory))  # a misconfigured store fails here, not later
         if recorder is None:
             recorder = Recorder(
                 directory=Path(directory) if directory is not None else default_directory,
@@ -82,6 +77,8 @@ class Meter:
             clash = [option for option, value in given.items() if value is not None]
             if clash:
                 raise ValueError(f"pass {', '.join(clash)} to the Recorder, not beside recorder=")
+        if directory is not None or os.environ.get(ENV_DIR):
+            recorder.store()  # a misconfigured store directory fails here, not at a request
         self.app = app
         self.route: Callable[[Any], str | None] = route or type(self).default_route
         self.recorder = recorder
