@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from servers import find_nginx, gunicorn, nginx, scrape_idle, warm
 
+from servers import find_nginx, gunicorn, nginx, scrape_idle, warm
 from workermeter.capacity import mean_wait
 
 SERVICE = 0.05
@@ -89,7 +89,9 @@ def test_measured_queue_wait_and_utilisation_match_the_model(tmp_path: Path) -> 
         "workermeter_queue_wait_seconds_count"
     )
     assert waits == n
-    busy = after.sum("workermeter_busy_seconds_total") - before.sum("workermeter_busy_seconds_total")
+    busy = after.sum("workermeter_busy_seconds_total") - before.sum(
+        "workermeter_busy_seconds_total"
+    )
     served = after.sum("workermeter_request_duration_seconds_sum") - before.sum(
         "workermeter_request_duration_seconds_sum"
     )
