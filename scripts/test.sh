@@ -40,8 +40,8 @@ fi
 PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
 
 status=0
-echo "ruff check src tests benchmarks"
-"$PYTHON" -m ruff check src tests benchmarks || status=1
+echo "ruff check src tests benchmarks grafana scripts"
+"$PYTHON" -m ruff check src tests benchmarks grafana scripts || status=1
 echo "mypy"
 "$PYTHON" -m mypy || status=1
 # pytest last, so that its summary closes the output.

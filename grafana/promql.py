@@ -1,0 +1,118 @@
+"""PromQL building blocks shared by the dashboard and the rules.
+
+Metric names come from the contract in :mod:`workermeter.metrics`, never from string literals,
+and the capacity formulas follow :mod:`workermeter.capacity` step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from workermeter import capacity
+from workermeter import metrics as m
+
+#: Memory kept free before workers are counted: the model's two default reserves.
+RESERVES = 2 * capacity.RESERVE
+#: ``capacity._ceil`` forgives float noise (15 x 0.2 is 3.0000000000000004 and needs 3 slots);
+#: multiplying by this before ``ceil`` does the same for anything of 1 or more.
+CEIL_FORGIVE = "0.999999999"
+
+
+def name(metric: m.Metric, suffix: str = "") -> str:
+    """The exposed series name of ``metric`` with ``suffix`` (``_total``, ``_bucket``...).
+
+    :raises ValueError: if the metric does not expose that series.
+    """
+    series = metric.name + suffix
+    if series not in m.sample_names(metric):
+        raise ValueError(f"{metric.name} exposes {m.sample_names(metric)}, not {series}")
+    return series
+
+
+def counter(metric: m.Metric) -> str:
+    return name(metric, "_total")
+
+
+def by(labels: Sequence[str]) -> str:
+    return f"by ({', '.join(labels)})"
+
+
+def rate(series: str, selector: str, window: str) -> str:
+    return f"rate({series}{selector}[{window}])"
+
+
+def sum_rate(series: str, labels: Sequence[str], selector: str, window: str) -> str:
+    return f"sum {by(labels)} ({rate(series, selector, window)})"
+
+
+def ceil_forgiving(x: str) -> str:
+    """``ceil`` of ``x`` that, like ``capacity._ceil``, ignores float noise above an integer."""
+    return f"ceil({x} * {CEIL_FORGIVE})"
+
+
+def max_of(labels: Sequence[str], terms: Sequence[tuple[str, str]]) -> str:
+    """The element-wise maximum of vectors that share ``labels``: each ``(bound, expr)`` gets a
+    ``bound`` label so that ``or`` keeps them all, and ``max by`` picks the largest."""
+    joined = "\n  or\n".join(
+        f'  label_replace(\n{indent(expr, 4)},\n    "bound", "{bound}", "", "")'
+        for bound, expr in terms
+    )
+    return f"max {by(labels)} (\n{joined}\n)"
+
+
+def indent(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())
+
+
+def utilisation(labels: Sequence[str], selector: str, window: str) -> str:
+    """Busy slot-seconds per second over the slots there are (``workermeter_capacity_threads``
+    is absent when a worker's capacity is unknown, and then so is its utilisation)."""
+    busy = sum_rate(counter(m.BUSY), labels, selector, window)
+    return f"{busy}\n  / sum {by(labels)} ({name(m.CAPACITY)}{selector})"
+
+
+def all_slots_busy(labels: Sequence[str], selector: str, window: str) -> str:
+    """Share of time every slot of every live worker process was busy, at least: one minus the
+    shares of time each process had a free slot (exact for one process). Slots of workers that
+    are gone (their pid gauge went with them) are left out."""
+    per_worker = (
+        f"{rate(counter(m.ALL_BUSY), selector, window)}\n"
+        f"      and on ({', '.join((*labels, 'worker'))}) {name(m.WORKER_PID)}{selector}"
+    )
+    return f"clamp(\n  1 - sum {by(labels)} (1 - (\n      {per_worker}\n  )),\n  0, 1)"
+
+
+def cpu_share(labels: Sequence[str], selector: str, window: str, busy: str) -> str:
+    """CPU time over service time of the sampled requests; when none was sampled, the worker
+    processes' CPU time over their busy time (``busy``, an expression by ``labels``)."""
+    sampled = sum_rate(counter(m.CPU), labels, selector, window)
+    wall = sum_rate(counter(m.CPU_WALL), labels, selector, window)
+    process = sum_rate(counter(m.PROCESS_CPU), labels, selector, window)
+    return (
+        f"clamp(\n    {sampled}\n      / ({wall} > 0)\n  or\n"
+        f"    {process}\n      / ({busy} > 0),\n  0, 1)"
+    )
+
+
+def route_cpu_share(labels: Sequence[str], selector: str, window: str) -> str:
+    sampled = sum_rate(counter(m.CPU), labels, selector, window)
+    wall = sum_rate(counter(m.CPU_WALL), labels, selector, window)
+    return f"{sampled}\n  / ({wall} > 0)"
+
+
+def thread_limit(share: str) -> str:
+    """Threads per process for a CPU share, as ``capacity.suggest`` picks them: about
+    ``1 / share`` (the GIL runs one thread at a time), between 1 and ``capacity.MAX_THREADS``."""
+    return f"clamp(floor(1 / {share} + 1e-09), 1, {capacity.MAX_THREADS})"
+
+
+def memory_ceiling(labels: Sequence[str], selector: str) -> str:
+    """Worker processes that fit in a host's memory after the reserves, the first at its RSS and
+    each further one at its USS (RSS where USS could not be read): ``Machine.memory_ceiling``."""
+    rss = f"max {by(labels)} ({name(m.RSS)}{selector})"
+    uss = f"max {by(labels)} ({name(m.USS)}{selector})"
+    total = f"max {by(labels)} ({name(m.HOST_MEMORY)}{selector})"
+    return (
+        f"clamp_min(\n  floor(\n    ({total}\n      - {RESERVES}\n      - {rss})\n"
+        f"    / ({uss}\n      or {rss})\n  ) + 1,\n  0)"
+    )

@@ -1,0 +1,461 @@
+"""The dashboard and the rules on a real Prometheus scraping real servers under a known load.
+
+One Prometheus (Debian's package) scrapes, every second:
+
+- job ``app``: two gunicorns of 2 sync workers each, as two instances behind an imaginary load
+  balancer, scraped on the arbiter's metrics port (``workermeter.gunicorn`` hooks);
+- job ``quiet``: one more gunicorn, lightly loaded throughout;
+- job ``asgi``: one uvicorn worker, for the panels only ASGI apps fill (event loop, thread pool).
+
+Handlers sleep 50 ms. The load is paced (a request every 1/rate seconds, each on a new
+connection with a fresh ``X-Request-Start``): first a low phase, then a high one. Rules are the
+generated ones with 10-second windows and 5-second ``for:``, the dashboard's ``$__rate_interval``
+is 10 s too. Then every panel query and every recorded series is asked at the end of each phase,
+and the utilisation, the suggestion and the alerts are checked against the load that was sent and
+against ``workermeter.capacity``.
+
+With ``WORKERMETER_DASHBOARD_PNG=docs/img/dashboard.png`` in the environment, the dashboard's key
+panels are also drawn from Prometheus's answers to that file (needs ``pip install -e '.[docs]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+import servers
+from workermeter.capacity import Machine, Workload, suggest
+
+if str(servers.ROOT) not in sys.path:  # `pytest` without `python -m`: build code at the root
+    sys.path.insert(0, str(servers.ROOT))
+
+from grafana import dashboard, render, rules
+
+HANDLER = 0.050  # seconds each request sleeps
+WINDOW = "10s"  # rule windows and $__rate_interval
+SETTINGS = rules.Settings(window=WINDOW, durations=dict.fromkeys(rules.Settings().durations, "5s"))
+LOW, HIGH = 13.0, 20.0  # seconds of each phase
+# requests per second per target in each phase: (low, high)
+RATES = {"a": (16.0, 36.0), "b": (14.0, 34.0), "quiet": (12.0, 12.0), "asgi": (10.0, 10.0)}
+SLOTS = 2  # sync workers per gunicorn
+PICTURE = os.environ.get("WORKERMETER_DASHBOARD_PNG")
+HOOKS = (
+    "from workermeter.gunicorn import child_exit, on_exit, on_starting, when_ready, worker_exit\n"
+)
+
+
+def prometheus_binary() -> str:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail(
+            "prometheus is not installed: `apt-get install prometheus` (scripts/test.sh does it); "
+            "this test fails rather than skips so that CI cannot pass without it",
+            pytrace=False,
+        )
+    return binary
+
+
+@contextlib.contextmanager
+def metered_gunicorn(tmp_path: Path, name: str) -> Iterator[tuple[servers.Server, int]]:
+    """gunicorn with 2 sync workers and the workermeter hooks; yields it and its metrics port."""
+    config = tmp_path / f"{name}.conf.py"
+    config.write_text(HOOKS)
+    metrics_port = servers.free_port()
+    extra = ["-c", str(config), "--env", f"WORKERMETER_PORT={metrics_port}"]
+    with servers.gunicorn(
+        tmp_path / name, workers=SLOTS, store=tmp_path / name / "store", extra=extra, name=name
+    ) as server:
+        server.wait_log("workermeter: metrics of all workers")
+        servers.warm(server, SLOTS)  # a worker joins the store with its first request
+        yield server, metrics_port
+
+
+PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files: ["{rules}"]
+scrape_configs:
+  - job_name: app
+    static_configs: [{{targets: ["127.0.0.1:{a}", "127.0.0.1:{b}"]}}]
+  - job_name: quiet
+    static_configs: [{{targets: ["127.0.0.1:{quiet}"]}}]
+  - job_name: asgi
+    static_configs: [{{targets: ["127.0.0.1:{asgi}"]}}]
+"""
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path: Path, ports: dict[str, int]) -> Iterator[servers.Server]:
+    binary = prometheus_binary()
+    rules_file = tmp_path / "rules.yml"
+    rules_file.write_text(rules.render(SETTINGS))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS_CONFIG.format(rules=rules_file, **ports))
+
+    def argv(port: int) -> list[str]:
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+
+    server = servers.launch(
+        "prometheus",
+        argv,
+        log=tmp_path / "prometheus.log",
+        env=servers.server_env(None),
+        ready_path="/-/ready",
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- Prometheus API
+
+
+@dataclass(frozen=True)
+class Prom:
+    url: str
+
+    def get(self, path: str, **params: str) -> Any:
+        with requests.get(self.url + path, params=params, timeout=10) as r:
+            body: Any = r.json() if r.headers.get("content-type", "").startswith("app") else {}
+            assert r.status_code == 200 and body.get("status") == "success", (
+                f"{path} {params}: {r.status_code} {r.text[:500]}"
+            )
+            return body["data"]
+
+    def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+        data = self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
+        assert data["resultType"] == "vector", expr
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    def one(self, expr: str, at: float) -> float:
+        result = self.query(expr, at)
+        assert len(result) == 1, f"{expr} at {at}: {result}"
+        return result[0][1]
+
+    def by(self, label: str, expr: str, at: float) -> dict[str, float]:
+        return {labels[label]: value for labels, value in self.query(expr, at)}
+
+
+def wait_for_scrapes(prom: Prom, targets: int, timeout: float = 30.0) -> None:
+    """Until every target has been scraped successfully (the first scrape comes after ~5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(AssertionError, requests.RequestException, ValueError):
+            # 503 in plain text until the storage is open, though /-/ready already answers
+            if len(prom.query("up == 1", time.time())) == targets:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not all {targets} targets scraped in {timeout} s")
+        time.sleep(0.25)
+
+
+def substitute(expr: str, job: str) -> str:
+    """A dashboard query as Grafana sends it, for ``job`` and every instance."""
+    return expr.replace("$__rate_interval", WINDOW).replace("$job", job).replace("$instance", ".*")
+
+
+# -------------------------------------------------------------------------------------- load
+
+
+def get(url: str) -> int:
+    headers = {"X-Request-Start": servers.stamp(), "Connection": "close"}
+    with requests.get(url, headers=headers, timeout=servers.REQUEST_TIMEOUT) as r:
+        return r.status_code
+
+
+def pace(
+    url: str, phases: Sequence[tuple[float, float, float]], pool: ThreadPoolExecutor
+) -> list[Future[int]]:
+    """Send a request to ``url`` every 1/rate seconds in each ``(start, end, rate)`` phase
+    (wall-clock times); return the futures of their statuses."""
+    sent: list[Future[int]] = []
+    for start, end, rate in phases:
+        i = 0
+        while (due := start + i / rate) < end:
+            if (delay := due - time.time()) > 0:
+                time.sleep(delay)
+            sent.append(pool.submit(get, url))
+            i += 1
+    return sent
+
+
+@dataclass
+class AlertLog:
+    """States of alerts seen through /api/v1/alerts: (alertname, job) -> states."""
+
+    seen: dict[tuple[str, str], set[str]]
+
+    def watch(self, prom: Prom, until: float, phase: str) -> None:
+        while time.time() < until:
+            for alert in prom.get("/api/v1/alerts")["alerts"]:
+                key = (alert["labels"]["alertname"], alert["labels"].get("job", ""))
+                self.seen.setdefault(key, set()).add(f"{phase}:{alert['state']}")
+            time.sleep(0.5)
+
+
+# -------------------------------------------------------------------------------------- test
+
+
+def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
+    prometheus_binary()
+    with contextlib.ExitStack() as stack:
+        a, a_port = stack.enter_context(metered_gunicorn(tmp_path, "a"))
+        b, b_port = stack.enter_context(metered_gunicorn(tmp_path, "b"))
+        quiet, quiet_port = stack.enter_context(metered_gunicorn(tmp_path, "quiet"))
+        asgi = stack.enter_context(
+            servers.uvicorn(tmp_path / "asgi", workers=1, store=tmp_path / "asgi" / "store")
+        )
+        assert get(asgi.url + "/sleep?ms=1") == 200
+        ports = {"a": a_port, "b": b_port, "quiet": quiet_port, "asgi": asgi.port}
+        prom = Prom(stack.enter_context(prometheus(tmp_path, ports)).url)
+        wait_for_scrapes(prom, 4)
+
+        # Both phases are laid out on the wall clock up front, and run without a gap.
+        t0 = time.time() + 0.5
+        t_low, t_end = t0 + LOW, t0 + LOW + HIGH
+        urls = {
+            "a": a.url + "/sleep?ms=50",
+            "b": b.url + "/sleep?ms=50",
+            "quiet": quiet.url + "/sleep?ms=50",
+            "asgi": asgi.url + "/sleep?ms=20",
+        }
+        alerts = AlertLog({})
+        with ThreadPoolExecutor(64) as pool, ThreadPoolExecutor(len(urls)) as pacers:
+            paced = [
+                pacers.submit(
+                    pace, url, [(t0, t_low, RATES[k][0]), (t_low, t_end, RATES[k][1])], pool
+                )
+                for k, url in urls.items()
+            ]
+            alerts.watch(prom, t_low, "low")
+            alerts.watch(prom, t_end, "high")
+            statuses = [f.result() for p in paced for f in p.result()]
+        assert set(statuses) == {200}
+        time.sleep(2.0)  # the last scrapes and rule evaluations of the high phase
+
+        check_phase(prom, "low", t_low - 0.5)
+        check_phase(prom, "high", t_end - 0.5)
+        check_suggestion_against_the_model(prom, t_end - 0.5)
+        check_every_query_answers(prom, t_end - 0.5)
+        check_alerts(prom, alerts, t_low - 0.5, t_end - 0.5)
+        if PICTURE:
+            draw_picture(prom, t0, t_low, t_end, Path(PICTURE))
+
+
+def check_phase(prom: Prom, phase: str, at: float) -> None:
+    """Utilisation from the panel and from the rules against the load sent, fleet and per
+    instance; the fleet figures are the sum of the two instances'."""
+    i = 0 if phase == "low" else 1
+    sent = {"a": RATES["a"][i], "b": RATES["b"][i]}
+    expected = {k: rate * HANDLER / SLOTS for k, rate in sent.items()}
+    fleet_expected = sum(sent.values()) * HANDLER / (2 * SLOTS)
+
+    panel = next(p for r in dashboard.rows() for p in r.panels if p.title == "Utilisation")
+    fleet_query, instance_query = (substitute(q.expr, "app") for q in panel.queries)
+    fleet = prom.one(fleet_query, at)
+    per_instance = prom.by("instance", instance_query, at)
+    recorded = prom.one(f'{rules.UTILISATION_JOB}{{job="app"}}', at)
+    recorded_instances = prom.by("instance", f'{rules.UTILISATION_INSTANCE}{{job="app"}}', at)
+
+    # rate x service time / slots, within a few percent (gunicorn adds ~1 ms per request).
+    assert fleet == pytest.approx(fleet_expected, rel=0.06), phase
+    assert recorded == pytest.approx(fleet_expected, rel=0.06), phase
+    assert sorted(per_instance.values()) == pytest.approx(sorted(expected.values()), rel=0.06)
+    assert recorded_instances.keys() == per_instance.keys() and len(per_instance) == 2
+    if phase == "high":
+        assert fleet > 0.8 and recorded > 0.8
+    else:
+        assert fleet < 0.5 and recorded < 0.5
+
+    # The same from Prometheus's own rate and mean service time: the busy counter and the
+    # duration histogram agree.
+    served = prom.one(f'{rules.REQUESTS_JOB}{{job="app"}}', at)
+    mean = prom.one(
+        f'sum(rate(workermeter_request_duration_seconds_sum{{job="app"}}[{WINDOW}]))'
+        f' / sum(rate(workermeter_request_duration_seconds_count{{job="app"}}[{WINDOW}]))',
+        at,
+    )
+    assert served == pytest.approx(sum(sent.values()), rel=0.05)
+    assert mean == pytest.approx(HANDLER, rel=0.06)
+    assert recorded == pytest.approx(served * mean / (2 * SLOTS), rel=0.04)
+
+    # Many machines: the job's figures are the instances' added up.
+    busy = prom.by("instance", f'{rules.BUSY_INSTANCE}{{job="app"}}', at)
+    assert prom.one(f'{rules.BUSY_JOB}{{job="app"}}', at) == pytest.approx(sum(busy.values()))
+    assert prom.one(f'{rules.SLOTS_JOB}{{job="app"}}', at) == 2 * SLOTS
+    machines = substitute(dashboard.MACHINES_NOW, "app")
+    assert prom.one(machines, at) == 2
+
+
+def check_suggestion_against_the_model(prom: Prom, at: float) -> None:
+    """The recorded suggestion equals ``suggest()`` on the numbers the rules saw."""
+    # The moment the rule group last ran: ask every input as of then.
+    e = prom.one(f'timestamp({rules.SUGGESTED_SLOTS}{{job="app"}})', at)
+    busy = prom.one(f'{rules.BUSY_JOB}{{job="app"}}', e)
+    rate = prom.one(f'{rules.REQUESTS_JOB}{{job="app"}}', e)
+    share = prom.one(f'{rules.CPU_SHARE_JOB}{{job="app"}}', e)
+    assert 0 < share < 0.2  # sleeping handlers barely use the CPU
+
+    def per_instance(expr: str) -> dict[str, float]:
+        return prom.by("instance", expr, e)
+
+    cores = per_instance('max by (instance) (workermeter_host_cpu_count{job="app"})')
+    total = per_instance('max by (instance) (workermeter_host_memory_total_bytes{job="app"})')
+    rss = per_instance('max by (instance) (workermeter_process_resident_memory_bytes{job="app"})')
+    uss = per_instance('max by (instance) (workermeter_process_unique_memory_bytes{job="app"})')
+    hosts = {
+        i: Machine(
+            cores=cores[i], memory_total=int(total[i]), process_rss=int(rss[i]),
+            process_uss=int(uss[i]),
+        )
+        for i in cores
+    }  # fmt: skip
+    assert len(hosts) == 2
+    ceilings = per_instance(f'{rules.MEMORY_CEILING}{{job="app"}}')
+    for instance, machine in hosts.items():
+        # A scrape landing between the rule's run and this query can move RSS by a few pages:
+        # exact equality is promtool's job (test_rules.py).
+        assert ceilings[instance] == pytest.approx(machine.memory_ceiling, rel=0.01)
+        assert prom.by("instance", f'{rules.CPU_CEILING}{{job="app"}}', e)[instance] == (
+            pytest.approx(machine.cores / share)
+        )
+    smallest = min(hosts.values(), key=lambda m: m.memory_ceiling)
+    answer = suggest(Workload(peak_rate=rate, service_time=busy / rate, cpu_share=share), smallest)
+
+    def recorded(name: str) -> float:
+        return prom.one(f'{name}{{job="app"}}', e)
+
+    assert recorded(rules.SUGGESTED_SLOTS) == answer.slots_for_utilisation
+    assert recorded(rules.SUGGESTED_MACHINES) == answer.machines
+    assert recorded(rules.SUGGESTED_PROCESSES) == answer.processes
+    assert recorded(rules.SUGGESTED_THREADS) == answer.threads
+    # And what the load sent implies: (36 + 34)/s x 50 ms = 3.5 busy slots, / 0.8 -> 5 slots,
+    # all threads of one process since the handlers wait rather than compute.
+    assert (answer.slots_for_utilisation, answer.machines, answer.processes, answer.threads) == (
+        5, 1, 1, 5,
+    )  # fmt: skip
+
+
+# Panels that only ASGI apps fill; everything else must answer for the WSGI job.
+ASGI_ONLY = {"Event-loop lag (ASGI)", "Thread pool in use (ASGI)"}
+
+
+def check_every_query_answers(prom: Prom, at: float) -> None:
+    """Every panel query and every recorded series answers with finite data, without error."""
+    for row, title, query in dashboard.queries():
+        job = "asgi" if title in ASGI_ONLY else "app"
+        result = prom.query(substitute(query.expr, job), at)
+        finite = [value for _labels, value in result if math.isfinite(value)]
+        assert finite, f"{row} / {title}: {query.expr!r} for job {job} gave {result}"
+    for name in sorted(rules.recorded_names()):
+        result = prom.query(f'{name}{{job="app"}}', at)
+        assert result and all(math.isfinite(v) for _l, v in result), f"{name}: {result}"
+    # The dashboard's variables: jobs and the instances of one.
+    jobs = prom.get("/api/v1/label/job/values", **{"match[]": "workermeter_host_cpu_count"})
+    assert {"app", "quiet", "asgi"} <= set(jobs)
+    instances = prom.get(
+        "/api/v1/label/instance/values", **{"match[]": 'workermeter_host_cpu_count{job="app"}'}
+    )
+    assert len(instances) == 2
+    # Prometheus loaded every rule, and none failed.
+    loaded = [rule for g in prom.get("/api/v1/rules")["groups"] for rule in g["rules"]]
+    settings = rules.Settings()
+    assert len(loaded) == len(rules.recording_rules(settings)) + len(rules.alerting_rules(settings))
+    assert {rule["health"] for rule in loaded} == {"ok"}, [r.get("lastError") for r in loaded]
+
+
+def check_alerts(prom: Prom, alerts: AlertLog, at_low: float, at_high: float) -> None:
+    """The utilisation alert: silent under the low load, pending then firing under the high one
+    (5-second ``for:`` in this copy), and never for the lightly loaded job."""
+    high_util = alerts.seen.get(("WorkermeterHighUtilisation", "app"), set())
+    assert not {s for s in high_util if s.startswith("low:")}, high_util
+    # Pending for 5 s before firing: seen by polling every 0.5 s (firing follows ~15 s into the
+    # 20-second high phase, which a slow machine may not reach).
+    assert "high:pending" in high_util, alerts.seen
+    assert ("WorkermeterHighUtilisation", "quiet") not in alerts.seen
+    assert ("WorkermeterHighUtilisation", "asgi") not in alerts.seen
+    # uvicorn sets no limit on concurrent requests, so the ASGI worker's capacity is unknown.
+    assert ("WorkermeterCapacityUnknown", "asgi") in alerts.seen
+    assert ("WorkermeterCapacityUnknown", "app") not in alerts.seen
+    # The ALERTS series keeps the same story.
+    query = 'ALERTS{alertname="WorkermeterHighUtilisation"}'
+    assert prom.query(query, at_low) == []
+    assert {labels["job"] for labels, _v in prom.query(query, at_high)} == {"app"}
+    # Both workers of a gunicorn are busy together much of the time at 85-90 %: the lower bound
+    # is 1 - 2 x (10-15 %). Not so for the quiet job.
+    busy_together = prom.by("job", 'ALERTS{alertname="WorkermeterAllSlotsBusy"}', at_high)
+    assert set(busy_together) == {"app"}
+    assert set(prom.by("instance", 'ALERTS{alertname="WorkermeterAllSlotsBusy"}', at_high)) == {
+        labels["instance"] for labels, _ in prom.query('up{job="app"}', at_high)
+    }
+
+
+# --------------------------------------------------------------------------------- the picture
+
+# Panel title -> the queries of it drawn (the per-worker lines would crowd the picture).
+KEY_PANELS = {
+    "Utilisation": (0, 1),
+    "Slots: busy, now and needed": (0, 1, 2),
+    "Queue wait": (0, 1, 2),
+    "All slots busy": (0,),
+}
+
+
+def draw_picture(prom: Prom, start: float, switch: float, end: float, path: Path) -> None:
+    """The dashboard's key panels for job ``app``, from Prometheus's range queries; time runs
+    from the start of the load, and instances are called web1 and web2."""
+    panels = {p.title: p for r in dashboard.rows() for p in r.panels}
+    names: dict[str, str] = {}
+    charts = []
+    for title, drawn in KEY_PANELS.items():
+        panel = panels[title]
+        lines = []
+        for query in (panel.queries[i] for i in drawn):
+            data = prom.get(
+                "/api/v1/query_range",
+                query=substitute(query.expr, "app"),
+                start=f"{start:.3f}",
+                end=f"{end:.3f}",
+                step="1",
+            )
+            for s in sorted(data["result"], key=lambda s: sorted(s["metric"].items())):
+                label = query.legend
+                for key, value in s["metric"].items():
+                    if key == "instance":
+                        value = names.setdefault(value, f"web{len(names) + 1}")
+                    label = label.replace("{{" + key + "}}", value)
+                points = [(float(t) - start, float(v)) for t, v in s["values"]]
+                lines.append(render.Line(label, [t for t, _ in points], [v for _, v in points]))
+        threshold = panel.thresholds[0][0] if panel.thresholds else None
+        charts.append(render.Chart(title, panel.unit, lines, threshold))
+    low, high = (sum(RATES[k][i] for k in ("a", "b")) for i in (0, 1))
+    render.draw(
+        charts,
+        path,
+        title=(
+            f"workermeter dashboard, job app on a real Prometheus: 2 gunicorns x {SLOTS} sync "
+            f"workers, {HANDLER * 1000:g} ms requests, {WINDOW} windows"
+        ),
+        marks=[(0.0, f"{low:g} req/s"), (switch - start, f"{high:g} req/s")],
+    )
