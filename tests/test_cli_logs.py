@@ -197,7 +197,7 @@ def test_unreadable_file_as_root(
     def refuse(*args: object, **kwargs: object) -> object:
         raise PermissionError(13, "Permission denied", NGINX)
 
-    monkeypatch.setattr("workermeter.accesslog.open", refuse, raising=False)
+    monkeypatch.setattr("workermeter.accesslog.reading.open", refuse, raising=False)
     code, _, err = run(capsys, NGINX)
     assert code == 2
     assert err == f"workermeter: {NGINX}: cannot read: Permission denied\n"

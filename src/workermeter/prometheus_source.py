@@ -1,0 +1,228 @@
+"""Ask a Prometheus server, over its HTTP API, for the capacity model's inputs: the same
+questions as a live ``/metrics`` sample, in PromQL over a longer window, with the peak rate taken
+as the highest 5-minute rate in it, ending as the same :class:`~workermeter.observe.Measurement`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import metrics as m
+from .capacity import Workload
+from .observe import (
+    Fetch,
+    Measurement,
+    SourceError,
+    _cpu_notes,
+    _get,
+    _machine,
+    _rate,
+    _ratio,
+    _share,
+    bucket_cv,
+    bucket_quantile,
+)
+
+__all__ = ["RATE_RANGE", "measure_prometheus", "prometheus_get"]
+
+#: Rate range of the Prometheus queries: the peak is the highest rate over this long in the window.
+RATE_RANGE = 300.0
+
+
+def prometheus_get(url: str, timeout: float = 30.0) -> str:
+    """Like :func:`~workermeter.observe.http_get`, but returns the JSON body Prometheus sends
+    with a refused query (HTTP 400 or 422) or one it could not run (503), so its reason can be
+    shown."""
+    return _get(url, timeout, error_bodies=(400, 422, 503))
+
+
+def _promql_duration(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _selector(selector: str) -> str:
+    selector = selector.strip()
+    if not selector:
+        return ""
+    if not selector.startswith("{"):
+        selector = "{" + selector + "}"
+    if not selector.endswith("}") or selector.count("{") != 1:
+        raise SourceError(f"not a label selector: {selector!r}; write it like '{{job=\"app\"}}'")
+    return selector
+
+
+@dataclass(frozen=True)
+class _Prometheus:
+    url: str
+    at: float
+    fetch: Fetch
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        params = urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
+        body = self.fetch(f"{self.url}/api/v1/query?{params}", 30.0)
+        try:
+            answer: Any = json.loads(body)
+        except ValueError:
+            raise SourceError(
+                f"{self.url} is not a Prometheus server: /api/v1/query did not answer JSON"
+            ) from None
+        if not isinstance(answer, dict) or answer.get("status") != "success":
+            error = answer.get("error", "no reason given") if isinstance(answer, dict) else ""
+            raise SourceError(f"Prometheus refused the query {promql!r}: {error}")
+        data = answer.get("data", {})
+        if data.get("resultType") == "scalar":
+            return [({}, float(data["result"][1]))]
+        out = []
+        for item in data.get("result", []):
+            value = float(item["value"][1])
+            if math.isfinite(value):
+                out.append((dict(item.get("metric", {})), value))
+        return out
+
+    def scalar(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return result[0][1] if result else None
+
+
+def measure_prometheus(
+    url: str,
+    *,
+    selector: str = "",
+    window: float = 86400.0,
+    fetch: Fetch = prometheus_get,
+    now: Callable[[], float] = time.time,
+) -> Measurement:
+    """Ask a Prometheus server for the capacity inputs over the last ``window`` seconds.
+
+    All from instant queries (``/api/v1/query``) at one moment. The peak rate is
+    ``max_over_time`` of the request rate as a subquery: the highest rate over ``RATE_RANGE``
+    (5 minutes, or the whole window when it is shorter) in the window, evaluated every fifth of
+    that range. The typical rate is the same curve's average; utilisation and the share of time
+    all slots were busy are taken at their highest too (they only serve to say whether the
+    workers were saturated). Service time, its variability, CPU share and queue wait are over
+    the whole window; memory is the largest any worker had; cores, host memory, processes and
+    threads are their last values.
+
+    ``selector`` (``{job="app"}``) must pick out one server: the model sizes one machine.
+
+    :raises SourceError: if Prometheus cannot be reached or refuses a query, or has no
+        workermeter data for the selector in the window.
+    """
+    base = url.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        raise SourceError(f"not an http(s) URL: {url!r}; give one like http://127.0.0.1:9090")
+    if not window > 0:
+        raise ValueError(f"window must be > 0 seconds, got {window!r}")
+    sel = _selector(selector)
+    prom = _Prometheus(base, now(), fetch)
+    w, words = _promql_duration(window), _words(window)
+    r = _promql_duration(min(RATE_RANGE, window))
+    res = _promql_duration(max(1.0, min(RATE_RANGE, window) / 5))
+
+    def series(metric: m.Metric, suffix: str = "") -> str:
+        return f"{metric.name}{suffix}{sel}"
+
+    requests = series(m.REQUESTS, "_total")
+    servers = prom.scalar(f"count(last_over_time({series(m.HOST_CPUS)}[{w}]))")
+    if not servers:
+        raise SourceError(
+            f"Prometheus at {base} has no {series(m.HOST_CPUS)} in the last {words}: check that it "
+            f"scrapes the app's /metrics and that --selector matches it"
+        )
+    if servers > 1:
+        raise SourceError(
+            f"{sel or 'no selector'} matches {servers:.0f} servers in Prometheus; the model sizes "
+            f"one machine: narrow it with --selector, e.g. '{{instance=\"web1:8000\"}}'"
+        )
+    curve = f"sum(rate({requests}[{r}]))"
+    peak = prom.scalar(f"max_over_time({curve}[{w}:{res}])")
+    typical = prom.scalar(f"avg_over_time({curve}[{w}:{res}])")
+    d_sum = prom.scalar(f"sum(increase({series(m.DURATION, '_sum')}[{w}]))")
+    d_count = prom.scalar(f"sum(increase({series(m.DURATION, '_count')}[{w}]))")
+    if not peak or not d_sum or not d_count:
+        raise SourceError(
+            f"Prometheus at {base} saw no requests completed for {sel or 'any job'} in the "
+            f"last {words}: choose a window with traffic"
+        )
+
+    def increases_by_le(metric: m.Metric) -> list[tuple[float, float]]:
+        rows = prom.query(f"sum by (le) (increase({series(metric, '_bucket')}[{w}]))")
+        return sorted((float(labels["le"]), v) for labels, v in rows if "le" in labels)
+
+    cpu = prom.scalar(f"sum(increase({series(m.CPU, '_total')}[{w}]))")
+    cpu_wall = prom.scalar(f"sum(increase({series(m.CPU_WALL, '_total')}[{w}]))")
+    cpu_share = _ratio(cpu or 0.0, cpu_wall or 0.0)
+    process_cpu_share = None
+    if cpu_share is None:
+        busy = prom.scalar(f"sum(increase({series(m.BUSY, '_total')}[{w}]))")
+        process = prom.scalar(f"sum(increase({series(m.PROCESS_CPU, '_total')}[{w}]))")
+        process_cpu_share = _ratio(process or 0.0, busy or 0.0)
+    utilisation = prom.scalar(
+        f"max_over_time((sum(rate({series(m.BUSY, '_total')}[{r}])) / "
+        f"sum({series(m.CAPACITY)}))[{w}:{res}])"
+    )
+    all_busy = prom.scalar(
+        f"max_over_time(clamp_min(1 - sum(1 - rate({series(m.ALL_BUSY, '_total')}[{r}])), 0)"
+        f"[{w}:{res}])"
+    )
+    cv = bucket_cv(increases_by_le(m.DURATION))
+    waits = increases_by_le(m.QUEUE_WAIT)
+
+    def last(metric: m.Metric, how: str = "sum") -> float | None:
+        return prom.scalar(f"{how}(last_over_time({series(metric)}[{w}]))")
+
+    rss = prom.scalar(f"max(max_over_time({series(m.RSS)}[{w}]))")
+    uss = prom.scalar(f"max(max_over_time({series(m.USS)}[{w}]))")
+    cores, memory = last(m.HOST_CPUS), last(m.HOST_MEMORY)
+    if not rss or not cores or not memory:
+        raise SourceError(
+            f"Prometheus at {base} has no worker memory or host figures for {sel or 'any job'} "
+            f"in the last {words}"
+        )
+    notes = _cpu_notes(cpu_share, process_cpu_share)
+    if cv is None:
+        notes.append("The service time's variability is unknown; cv 1 is assumed.")
+    share = cpu_share if cpu_share is not None else process_cpu_share
+    peak = _rate(peak)
+    workload = Workload(
+        peak_rate=peak,
+        service_time=d_sum / d_count,
+        cpu_share=_share(share or 0.0),
+        service_cv=1.0 if cv is None else cv,
+        typical_rate=min(_rate(typical), peak) if typical is not None else None,
+        utilisation=None if utilisation is None else _share(utilisation),
+        all_busy_share=None if all_busy is None else _share(all_busy),
+    )
+    machine = _machine(
+        cores=cores,
+        memory_total=memory,
+        rss=rss,
+        uss=uss or 0.0,
+        processes=last(m.WORKERS),
+        threads=last(m.CAPACITY, "max"),
+    )
+    return Measurement(
+        source=f"Prometheus at {base}, {sel or 'all series'}, over the last {words}",
+        seconds=window,
+        workload=workload,
+        machine=machine,
+        queue_wait_p50=bucket_quantile(0.5, waits),
+        queue_wait_p95=bucket_quantile(0.95, waits),
+        notes=tuple(notes),
+    )
+
+
+def _words(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}" if n == 1 else f"{n} {unit}s"
+    return f"{seconds:g} s"
