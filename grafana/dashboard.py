@@ -149,12 +149,17 @@ def keeping_up() -> Row:
             Panel(
                 "Listen backlog",
                 "Connections waiting in the kernel's accept queue: queueing seen without any "
-                "proxy header. Anything above 0 for long means every worker is busy.",
+                "proxy header. Anything above 0 for long means every worker is busy; at the "
+                "limit, new connections are refused.",
                 "short",
                 (
                     Query(
                         f"sum by (instance, listener) ({_s(q.name(m.LISTEN_BACKLOG))})",
                         "{{instance}} {{listener}}",
+                    ),
+                    Query(
+                        f"max by (instance, listener) ({_s(q.name(m.LISTEN_BACKLOG_LIMIT))})",
+                        "limit {{instance}} {{listener}}",
                     ),
                 ),
                 minimum=0,

@@ -33,6 +33,11 @@ def test_listen_backlog_of_a_busy_gunicorn(tmp_path: Path) -> None:
                 return parse(text).sum("workermeter_listen_backlog", listener=listener)
 
             assert backlog() == 0
+            # gunicorn listens with a backlog of 2048 (--backlog), within net.core.somaxconn
+            somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+            text = exposition.render(None)[0].decode()
+            limit = parse(text).sum("workermeter_listen_backlog_limit", listener=listener)
+            assert limit == min(2048, somaxconn)
             with ExitStack() as stack:
                 for _ in range(5):
                     conn = stack.enter_context(socket.socket())

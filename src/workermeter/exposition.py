@@ -77,18 +77,19 @@ class StoreCollector(Collector):
         yield from self._process_records(snap)
         yield from self._workers(snap)
         yield from self._usage(snap.workers)
-        yield self._backlog(snap.workers)
+        yield from self._backlog(snap.workers)
 
-    def _backlog(self, workers: list[WorkerState]) -> Metric:
-        backlog = GaugeMetricFamily(
-            m.LISTEN_BACKLOG.name, m.LISTEN_BACKLOG.help, labels=["listener"]
-        )
+    def _backlog(self, workers: list[WorkerState]) -> Iterator[Metric]:
+        backlog = _family(m.LISTEN_BACKLOG)
+        limit = _family(m.LISTEN_BACKLOG_LIMIT)
         inodes = {inode for w in workers for inode in w.listeners}
         if inodes:
             for listener in sorted(self._listeners().values(), key=lambda x: x.address):
                 if listener.inode in inodes:
                     backlog.add_metric([listener.address], listener.queued)
-        return backlog
+                    if listener.limit is not None:
+                        limit.add_metric([listener.address], listener.limit)
+        yield from (backlog, limit)
 
     def _requests(self, snap: Snapshot) -> Iterator[Metric]:
         requests = _family(m.REQUESTS)

@@ -233,6 +233,14 @@ LISTEN_BACKLOG = Metric(
     "Connections waiting in the kernel's accept queue of the server's listening socket "
     "(host:port or Unix socket path): queueing seen without any proxy header.",
 )
+LISTEN_BACKLOG_LIMIT = Metric(
+    "workermeter_listen_backlog_limit",
+    "gauge",
+    ("listener",),
+    "connections",
+    "The limit of that accept queue (listen() backlog, capped by net.core.somaxconn): when the "
+    "queue reaches it, new connections are refused or dropped.",
+)
 HOST_MEMORY = Metric(
     "workermeter_host_memory_total_bytes",
     "gauge",
@@ -259,7 +267,8 @@ METRICS: tuple[Metric, ...] = (
     REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS, CPU, CPU_WALL,
     DISCONNECTS, WEBSOCKETS, LOOP_LAG, POOL_SIZE, POOL_IN_USE, CAPACITY, CAPACITY_KNOWN,
     IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID, WORKERS,
-    RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, HOST_MEMORY, HOST_AVAILABLE, HOST_CPUS,
+    RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, LISTEN_BACKLOG_LIMIT, HOST_MEMORY, HOST_AVAILABLE,
+    HOST_CPUS,
 )  # fmt: skip
 
 
