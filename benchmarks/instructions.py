@@ -8,11 +8,13 @@ warm-up; the difference over N is what one request costs, and the bare app's is 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -20,24 +22,23 @@ HERE = Path(__file__).resolve().parent
 CHILD = """
 import sys
 sys.path.insert(0, {here!r})
-from cases import asgi_cases, wsgi_cases
-family, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-case = (wsgi_cases() if family == "wsgi" else asgi_cases())[name]
-for _ in range(2000):
-    case()
-for _ in range(n):
-    case()
+from cases import run
+from report import GROUPS
+group, name, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+case = GROUPS[group]()[name]
+run(case, 2000 if group in ("WSGI", "ASGI") else 300)
+run(case, n)
 """
 
 
-def count(family: str, name: str, n: int) -> int:
+def count(group: str, name: str, n: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         script = Path(tmp) / "child.py"
         script.write_text(CHILD.format(here=str(HERE)))
         run = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             sys.executable, str(script), family, name, str(n)],
+             sys.executable, str(script), group, name, str(n)],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
     found = re.search(r"Collected : (\d+)", run.stderr)
@@ -46,26 +47,45 @@ def count(family: str, name: str, n: int) -> int:
     return int(found.group(1))
 
 
-def per_request(family: str, name: str, n: int) -> float:
-    return (count(family, name, n) - count(family, name, 0)) / n
+def per_request(group: str, name: str, n: int) -> float:
+    with ThreadPoolExecutor(2) as pool:  # two cores: the two runs side by side
+        full, empty = pool.map(lambda k: count(group, name, k), (n, 0))
+    return (full - empty) / n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=20000)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--requests", type=int, default=20000, help="bare WSGI/ASGI; frameworks /10"
+    )
+    parser.add_argument("--group", action="append", help="default: all")
+    parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         sys.exit("valgrind is needed: apt-get install valgrind")
     sys.path.insert(0, str(HERE))
-    from cases import asgi_cases, wsgi_cases
+    from report import GROUPS
 
-    for family, cases in (("wsgi", wsgi_cases()), ("asgi", asgi_cases())):
-        bare = per_request(family, "bare", args.requests)
-        print(f"\n{family.upper()}: instructions per request (bare app: {bare:,.0f})")
-        for name in cases:
-            if name != "bare":
-                added = per_request(family, name, args.requests) - bare
-                print(f"  {name:32s} {added:10,.0f} added")
+    result: dict[str, dict[str, float | str]] = {}
+    for group in args.group or list(GROUPS):
+        n = args.requests if group in ("WSGI", "ASGI") else max(args.requests // 10, 200)
+        cases = GROUPS[group]()
+        bare = per_request(group, "bare", n)
+        rows: dict[str, float | str] = {"bare": bare}
+        print(f"\n{group}: instructions per request (bare app: {bare:,.0f})", flush=True)
+        for name, case in cases.items():
+            if name == "bare":
+                continue
+            if isinstance(case, str):
+                rows[name] = case
+                print(f"  {name:42s} {case}")
+                continue
+            added = per_request(group, name, n) - bare
+            rows[name] = added
+            print(f"  {name:42s} {added:10,.0f} added", flush=True)
+        result[group] = rows
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
