@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -353,6 +354,43 @@ def nginx(tmp_path: Path, *, upstream: int, binary: str) -> Iterator[Server]:
     server = launch("nginx", argv, log=prefix / "stdout.log", env=server_env(None))
     with _running(server, auto_store=False) as running:
         yield running
+
+
+def find_prometheus() -> str:
+    """The prometheus binary; the test fails (not skips) without it, so CI cannot pass without
+    the Debian package scripts/test.sh installs."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail(
+            "prometheus is not installed: `apt-get install prometheus` (scripts/test.sh does it); "
+            "this test fails rather than skips so that CI cannot pass without it",
+            pytrace=False,
+        )
+    return binary
+
+
+@contextlib.contextmanager
+def prometheus(tmp_path: Path, config: Path) -> Iterator[Server]:
+    """A real Prometheus on 127.0.0.1 with ``config``, its data under ``tmp_path``."""
+    binary = find_prometheus()
+
+    def argv(port: int) -> list[str]:
+        return [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ]
+
+    server = launch(
+        "prometheus", argv, log=tmp_path / "prometheus.log", env=server_env(None),
+        ready_path="/-/ready",
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- load and scrapes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -71,32 +70,10 @@ scrape_configs:
 @contextlib.contextmanager
 def prometheus(tmp_path: Path, target: int) -> Iterator[servers.Server]:
     """A real Prometheus scraping 127.0.0.1:``target`` every second, its data in ``tmp_path``."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.skip("no prometheus binary (Debian: apt-get install prometheus)")
     config = tmp_path / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.replace("{port}", str(target)))
-
-    def argv(port: int) -> list[str]:
-        return [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ]
-
-    server = servers.launch(
-        "prometheus",
-        argv,
-        log=tmp_path / "prometheus.log",
-        env=servers.server_env(None),
-        ready_path="/-/ready",
-    )
-    try:
+    with servers.prometheus(tmp_path, config) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def wait_for_samples(url: str, count: int, timeout: float = 30.0) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -54,17 +53,6 @@ PICTURE = os.environ.get("WORKERMETER_DASHBOARD_PNG")
 HOOKS = (
     "from workermeter.gunicorn import child_exit, on_exit, on_starting, when_ready, worker_exit\n"
 )
-
-
-def prometheus_binary() -> str:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail(
-            "prometheus is not installed: `apt-get install prometheus` (scripts/test.sh does it); "
-            "this test fails rather than skips so that CI cannot pass without it",
-            pytrace=False,
-        )
-    return binary
 
 
 @contextlib.contextmanager
@@ -100,32 +88,12 @@ scrape_configs:
 
 @contextlib.contextmanager
 def prometheus(tmp_path: Path, ports: dict[str, int]) -> Iterator[servers.Server]:
-    binary = prometheus_binary()
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(rules.render(SETTINGS))
     config = tmp_path / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.format(rules=rules_file, **ports))
-
-    def argv(port: int) -> list[str]:
-        return [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ]
-
-    server = servers.launch(
-        "prometheus",
-        argv,
-        log=tmp_path / "prometheus.log",
-        env=servers.server_env(None),
-        ready_path="/-/ready",
-    )
-    try:
+    with servers.prometheus(tmp_path, config) as server:
         yield server
-    finally:
-        server.stop()
 
 
 # ----------------------------------------------------------------------------- Prometheus API
@@ -218,7 +186,7 @@ class AlertLog:
 
 
 def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
-    prometheus_binary()
+    servers.find_prometheus()  # before starting the apps: fail fast without it
     with contextlib.ExitStack() as stack:
         a, a_port = stack.enter_context(metered_gunicorn(tmp_path, "a"))
         b, b_port = stack.enter_context(metered_gunicorn(tmp_path, "b"))
