@@ -301,7 +301,7 @@ def find_nginx() -> str | None:
     return shutil.which("nginx", path=path)
 
 
-_NGINX_CONF = """\
+_NGINX_MAIN = """\
 daemon off;
 master_process on;
 worker_processes 1;
@@ -320,19 +320,33 @@ http {{
     fastcgi_temp_path {prefix}/fastcgi_temp;
     uwsgi_temp_path {prefix}/uwsgi_temp;
     scgi_temp_path {prefix}/scgi_temp;
+    include {site};
+}}
+"""
 
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            # proxy_set_header here drops every inherited one: Host is set again on purpose.
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Request-Start "t=${{msec}}";
-        }}
+_NGINX_SITE = """\
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_pass http://127.0.0.1:{upstream};
+        # proxy_set_header here drops every inherited one: Host is set again on purpose.
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Request-Start "t=${{msec}}";
     }}
 }}
 """
+
+
+def nginx_argv(binary: str, prefix: Path, site: str) -> list[str]:
+    """Write nginx's main configuration (pid, logs and temp files under ``prefix``) around the
+    ``server`` block ``site``, and return the command that runs it in the foreground."""
+    # As root, nginx would run its worker as "nobody", which cannot enter pytest's 0700 tmp dirs.
+    user = "user root;" if os.geteuid() == 0 else ""
+    (prefix / "site.conf").write_text(site)
+    conf = prefix / "nginx.conf"
+    conf.write_text(_NGINX_MAIN.format(prefix=prefix, user=user, site=prefix / "site.conf"))
+    return [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
 
 
 @contextlib.contextmanager
@@ -343,13 +357,9 @@ def nginx(tmp_path: Path, *, upstream: int, binary: str) -> Iterator[Server]:
     """
     prefix = tmp_path / "nginx"
     prefix.mkdir(parents=True, exist_ok=True)
-    conf = prefix / "nginx.conf"
-    # As root, nginx would run its worker as "nobody", which cannot enter pytest's 0700 tmp dirs.
-    user = "user root;" if os.geteuid() == 0 else ""
 
     def argv(port: int) -> list[str]:
-        conf.write_text(_NGINX_CONF.format(prefix=prefix, port=port, upstream=upstream, user=user))
-        return [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
+        return nginx_argv(binary, prefix, _NGINX_SITE.format(port=port, upstream=upstream))
 
     server = launch("nginx", argv, log=prefix / "stdout.log", env=server_env(None))
     with _running(server, auto_store=False) as running:

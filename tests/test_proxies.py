@@ -12,7 +12,6 @@ not skip): ``scripts/test.sh`` installs them all.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from servers import (
     drive,
     gunicorn,
     launch,
+    nginx_argv,
     scrape_idle,
     server_env,
 )
@@ -66,29 +66,6 @@ def assert_stamped(m: Metrics, total: int) -> None:
 
 # --------------------------------------------------------------------------- nginx
 
-_NGINX_MAIN = """\
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log info;
-
-events {{
-    worker_connections 64;
-}}
-
-http {{
-    access_log {prefix}/access.log;
-    client_body_temp_path {prefix}/client_body_temp;
-    proxy_temp_path {prefix}/proxy_temp;
-    fastcgi_temp_path {prefix}/fastcgi_temp;
-    uwsgi_temp_path {prefix}/uwsgi_temp;
-    scgi_temp_path {prefix}/scgi_temp;
-    include {site};
-}}
-"""
-
 
 def nginx_servers() -> list[str]:
     """The ``server { ... }`` blocks of ``integrations/nginx.conf``, in order."""
@@ -117,18 +94,13 @@ def nginx(tmp_path: Path, block: str, replacements: Mapping[str, str]) -> Iterat
     prefix.mkdir(parents=True, exist_ok=True)
     # `include uwsgi_params` is relative to the directory of the main configuration file.
     shutil.copy("/etc/nginx/uwsgi_params", prefix / "uwsgi_params")
-    # As root, nginx would run its worker as "nobody", which cannot enter pytest's 0700 tmp dirs.
-    user = "user root;" if os.geteuid() == 0 else ""
 
     def argv(port: int) -> list[str]:
         site = block
         for old, new in replacements.items():
             assert old in site, f"{old!r} is no longer in integrations/nginx.conf"
             site = site.replace(old, new.format(port=port))
-        (prefix / "site.conf").write_text(site)
-        conf = prefix / "nginx.conf"
-        conf.write_text(_NGINX_MAIN.format(prefix=prefix, user=user, site=prefix / "site.conf"))
-        return [binary, "-p", f"{prefix}/", "-c", str(conf), "-e", str(prefix / "error.log")]
+        return nginx_argv(binary, prefix, site)
 
     with running(launch("nginx", argv, log=prefix / "stdout.log", env=server_env(None))) as server:
         yield server
