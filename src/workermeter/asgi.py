@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from .exposition import allowed
+from .access import allowed
 from .integrations import route_from_scope
 from .options import Meter
 from .recorder import (

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +21,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import metrics as m
 from . import recorder as r
+from .access import allowed as allowed
+from .access import private_client as private_client
 from .instance import default_directory
 from .listeners import Listener, listening
 from .store import PROCESS, ROUTE, Snapshot, Store, WorkerState
@@ -233,34 +233,6 @@ class Exposition:
     def render(self, accept: str | None) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
-
-
-def private_client(addr: str | None, forwarded: bool) -> bool:
-    """True for a loopback or private client that came without forwarding headers."""
-    if forwarded or not addr:
-        return False
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:  # a Unix socket peer has no address: only local processes reach it
-        return addr.startswith("/") or addr == "unix"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_private
-
-
-def allowed(
-    token: str | None, addr: str | None, forwarded: bool, authorization: str | None
-) -> bool:
-    """Whether a request may read /metrics."""
-    if token and authorization is not None:
-        scheme, _, given = authorization.partition(" ")
-        if scheme.lower() == "bearer" and _same(given.strip(), token):
-            return True
-    return private_client(addr, forwarded)
-
-
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def serve_metrics(

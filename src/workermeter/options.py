@@ -6,11 +6,13 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .exposition import Exposition
 from .instance import ENV_DIR, default_directory
 from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
+
+if TYPE_CHECKING:
+    from .exposition import Exposition
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
 
@@ -82,7 +84,7 @@ class Meter:
         self.app = app
         self.route: Callable[[Any], str | None] = route or type(self).default_route
         self.recorder = recorder
-        self.exposition = Exposition(recorder.store)
+        self._exposition: Exposition | None = None  # built at the first scrape
         self.token = token
         self._metrics_path = metrics_path
         self._max_skew = float(max_skew)
@@ -91,6 +93,19 @@ class Meter:
         self._wall_clock = recorder.wall_clock
         self._cpu_clock = recorder.cpu_clock
         self._failed_in = 0  # pid of a process where the meter could not attach
+
+    @property
+    def exposition(self) -> Exposition:
+        """The store's metrics, rendered for a scrape. Built at the first scrape this process
+        answers: a worker that is never scraped (metrics served by the gunicorn hooks or
+        ``workermeter serve``) does not load prometheus_client."""
+        exposition = self._exposition
+        if exposition is None:
+            # Two threads answering the first scrapes at once may each build one; either serves.
+            from .exposition import Exposition
+
+            exposition = self._exposition = Exposition(self.recorder.store)
+        return exposition
 
     def _attach(self, *, multithread: bool, capacity: int | None) -> Active | None:
         """This process's recorder state; None when the store cannot be used, so requests are

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from .exposition import allowed
+from .access import allowed
 from .integrations import route_from_environ
 from .options import Meter
 from .recorder import (
