@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
@@ -12,7 +14,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from workermeter import serve_metrics
-from workermeter.exposition import allowed, host_usage, private_client, process_usage
+from workermeter.exposition import (
+    ProcessUsage,
+    allowed,
+    host_usage,
+    private_client,
+    process_usage,
+)
 from workermeter.recorder import Recorder, status_index
 
 
@@ -62,6 +70,61 @@ def test_process_usage_of_a_gone_process_is_none() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert process_usage(pid) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_uss_is_read_again_only_once_old() -> None:
+    clock = _Clock()
+    usage = ProcessUsage(uss_every=30, clock=clock)
+    me = os.getpid()
+    rss0, uss0, _ = usage([me])[me]
+    grown = b"x" * (64 << 20)  # written, so resident and ours alone
+    clock.now += 29
+    rss1, uss1, _ = usage([me])[me]
+    assert rss1 - rss0 > 60 << 20
+    assert uss1 == uss0  # the reading of 29 s ago
+    clock.now += 1
+    _, uss2, _ = usage([me])[me]
+    assert uss2 - uss0 > 60 << 20
+    del grown
+
+
+def test_a_scrape_reads_uss_again_for_a_quarter_of_the_workers_stalest_first() -> None:
+    sleepers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(7)
+    ]
+    try:
+        pids = [p.pid for p in sleepers]
+        clock = _Clock()
+        usage = ProcessUsage(uss_every=30, clock=clock)
+        assert set(usage(pids[:4])) == set(pids[:4])  # read at 1000
+        clock.now += 10
+        assert set(usage(pids)) == set(pids)  # the other 3 read at 1010
+        clock.now += 30  # now all are stale: 2 of 7 are read again, the oldest
+        usage(pids)
+        read_at = {pid: at for (pid, _), (at, _) in usage._uss.items()}
+        assert sorted(read_at.values()) == [1000, 1000, 1010, 1010, 1010, 1040, 1040]
+        assert sum(read_at[p] == 1040 for p in pids[:4]) == 2
+        sleepers[0].kill()
+        sleepers[0].wait()
+        assert set(usage(pids)) == set(pids[1:])  # the gone one is left out, and forgotten
+        assert {pid for pid, _ in usage._uss} == set(pids[1:])
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+
+
+def test_uss_every_is_checked() -> None:
+    with pytest.raises(ValueError, match="uss_every must be a number of seconds >= 0"):
+        ProcessUsage(uss_every=-1)
 
 
 def test_host_usage() -> None:

@@ -56,17 +56,13 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import socketserver
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import make_wsgi_app
-
-from .exposition import Exposition
+from .exposition import Exposition, MetricsServer, listen, metrics_app
 from .instance import ENV_DIR, sweep
 from .store import Snapshot, Store, default_base, ensure_private_dir
 
@@ -77,7 +73,6 @@ ENV_BIND = "WORKERMETER_BIND"
 DEFAULT_PORT = 9191
 DEFAULT_BIND = "127.0.0.1"
 FORK_WAIT = 5.0  # seconds a fork waits for a scrape to finish before going ahead anyway
-CLIENT_TIMEOUT = 10.0  # seconds a scraper may take to send its request
 _ATTR = "_workermeter"  # where the state of this server instance hangs on the arbiter object
 
 
@@ -234,30 +229,19 @@ class _ForkSafeStore(Store):
                 self.collect()
 
 
-class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+class _MetricsServer(MetricsServer):
     """An HTTP server whose sockets no forked child keeps.
 
     A socket is accepted and closed under ``lock``, which a fork of this process waits for, so
     ``open`` always names every socket a child gets a copy of, and the child closes them all.
     """
 
-    daemon_threads = True
-
     def __init__(
         self, address: tuple[Any, ...], family: socket.AddressFamily, lock: threading.RLock
     ) -> None:
-        self.address_family = family
         self.lock = lock
         self.open: set[socket.socket] = set()
-        super().__init__(address, _QuietHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look the address up in DNS (getfqdn): not worth a delay
-        # in the arbiter's start.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-        self.setup_environ()
+        super().__init__(address, family)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         with self.lock:
@@ -283,13 +267,6 @@ class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         self.open.clear()
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = CLIENT_TIMEOUT
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Scrapes are not logged: one every few seconds would drown gunicorn's log."""
-
-
 class _Instance:
     """What the hooks keep for one server instance: its store and its metrics server."""
 
@@ -303,12 +280,8 @@ class _Instance:
 
     def serve(self, bind: str, port: int) -> tuple[str, int]:
         """Listen on ``bind:port`` and serve from a daemon thread; the address listened on."""
-        family, _, _, _, sockaddr = socket.getaddrinfo(
-            bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        httpd = _MetricsServer(sockaddr, family, self.lock)
-        exposition = Exposition(lambda: self.store)
-        httpd.set_app(make_wsgi_app(exposition.registry))
+        httpd = _MetricsServer(*listen(bind, port), self.lock)
+        httpd.set_app(metrics_app(Exposition(lambda: self.store)))
         with self.lock:
             self.httpd = httpd
         os.register_at_fork(

@@ -261,20 +261,30 @@ class Snapshot:
     """Everything in a store at one moment: live workers plus the merged records of all."""
 
     workers: list[WorkerState] = field(default_factory=list)
-    records: dict[tuple[int, str], list[int]] = field(default_factory=dict)
     # Levels of every slot ever seen (dead workers' included), to keep per-worker counters rising.
     levels: dict[int, list[int]] = field(default_factory=dict)
     folded: set[str] = field(default_factory=set)
     # The last known capacity of every slot, so a dead worker's all-busy time stays exposed.
     capacities: dict[int, int] = field(default_factory=dict)
+    # Each key's records as read, summed when ``records`` is first asked for.
+    _parts: dict[tuple[int, str], list[memoryview]] = field(default_factory=dict, repr=False)
+    _totals: dict[tuple[int, str], list[int]] | None = field(default=None, repr=False)
 
-    def add_record(self, kind: int, key: str, values: memoryview | list[int]) -> None:
-        have = self.records.get((kind, key))
-        if have is None:
-            self.records[(kind, key)] = list(values)
+    def add_record(self, kind: int, key: str, values: memoryview) -> None:
+        """Count a record's values (64-bit words) in the totals of its key."""
+        self._totals = None
+        parts = self._parts.get((kind, key))
+        if parts is None:
+            self._parts[(kind, key)] = [values]
         else:
-            for i, v in enumerate(values[: len(have)]):
-                have[i] += v
+            parts.append(values)
+
+    @property
+    def records(self) -> dict[tuple[int, str], list[int]]:
+        """The values of each (kind, key), summed over every worker and the archive."""
+        if self._totals is None:
+            self._totals = {key: _sum_columns(parts) for key, parts in self._parts.items()}
+        return self._totals
 
     def add_levels(self, slot: int, above: list[int], capacity: int = 0) -> None:
         if capacity:
@@ -285,6 +295,22 @@ class Snapshot:
         else:
             for i, v in enumerate(above):
                 have[i] += v
+
+
+def _sum_columns(parts: list[memoryview]) -> list[int]:
+    """Column sums of equally long rows of 64-bit words; a row of another length (written by
+    another version) adds the columns the first row has.
+
+    Summing a column of one joined buffer runs in C: at 64 workers x 200 routes this is a
+    third of the time of adding row by row.
+    """
+    width = len(parts[0])
+    if len(parts) == 1:
+        return parts[0].tolist()
+    if all(len(p) == width for p in parts):
+        joined = memoryview(b"".join(parts)).cast("q")
+        return [sum(joined[i::width]) for i in range(width)]
+    return [sum(p[i] for p in parts if i < len(p)) for i in range(width)]
 
 
 def _read_words(path: Path) -> memoryview | None:
@@ -318,12 +344,19 @@ def _read_fd(fd: int, path: Path) -> memoryview | None:
     return memoryview(data).cast("q")
 
 
-def _records(words: memoryview, first: int, path: Path) -> Iterator[tuple[int, str, memoryview]]:
+Layout = tuple[int, tuple[tuple[int, str, int, int], ...]]
+"""Where a chunk's records are: the word parsing stopped at, and each record's kind, key and
+values' first and end words. A record never moves once written."""
+
+
+def _layout(words: memoryview, first: int, path: Path, known: Layout | None = None) -> Layout:
+    """The layout of the records in ``words`` from word ``first``, going on from ``known``."""
     used = len(words)  # what was read: H_USED in it may have grown since
-    pos = first
+    pos, found = known if known is not None else (first, ())
+    records: list[tuple[int, str, int, int]] = []
     raw = words.cast("B")
     while pos < used:
-        size, kind, _lane, key_len = words[pos : pos + RECORD_HEADER]
+        size, kind, _lane, key_len = _PACK.unpack_from(raw, pos * 8)
         key_words = (key_len + 7) // 8
         if (
             kind not in (ROUTE, PROCESS, LEVELS, FOLDED)
@@ -331,18 +364,19 @@ def _records(words: memoryview, first: int, path: Path) -> Iterator[tuple[int, s
             or size < RECORD_HEADER + key_words
         ):
             _warn_once(path, f"corrupt record at word {pos}")
-            return
+            break
         if pos + size > used:
             _warn_once(path, f"record past the end at word {pos}")
-            return
+            break
         start = (pos + RECORD_HEADER) * 8
         try:
-            key = bytes(raw[start : start + key_len]).decode()
+            key = str(raw[start : start + key_len], "utf-8")
         except UnicodeDecodeError:
             _warn_once(path, f"corrupt key at word {pos}")
-            return
-        yield kind, key, words[pos + RECORD_HEADER + key_words : pos + size]
+            break
+        records.append((kind, key, pos + RECORD_HEADER + key_words, pos + size))
         pos += size
+    return pos, found + tuple(records) if records else found
 
 
 _warned: set[tuple[str, str]] = set()
@@ -422,6 +456,8 @@ class Store:
     def __init__(self, directory: Path, *, clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.directory = ensure_private_dir(directory)
         self.clock = clock
+        # Each worker chunk's layout as last read, by file name: a scrape parses new records only.
+        self._layouts: dict[str, Layout] = {}
 
     def attach(
         self,
@@ -482,7 +518,8 @@ class Store:
         if archive is not None:
             self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
         dead = False
-        for (slot, _pid, _token), paths in sorted(self._chunk_files().items()):
+        groups = self._chunk_files()
+        for (slot, _pid, _token), paths in sorted(groups.items()):
             alive = _is_alive(paths[0])
             if alive is None:
                 continue
@@ -494,6 +531,8 @@ class Store:
                     self._merge_worker(snap, slot, paths, live=False)
                 continue
             self._merge_worker(snap, slot, paths, live=True)
+        present = {path.name for paths in groups.values() for path in paths}
+        self._layouts = {k: v for k, v in self._layouts.items() if k in present}
         return snap, dead
 
     def _merge_worker(self, snap: Snapshot, slot: int, paths: list[Path], *, live: bool) -> None:
@@ -530,7 +569,18 @@ class Store:
             self._merge(snap, words, FIRST_RECORD if index == 0 else HEADER_WORDS, path)
 
     def _merge(self, snap: Snapshot, words: memoryview, first: int, path: Path) -> None:
-        for kind, key, values in _records(words, first, path):
+        if path.name == "archive.wm":  # rewritten by every fold
+            records = _layout(words, first, path)[1]
+        else:  # a worker's chunk: records are only ever appended
+            # The name holds a random token: no other worker's chunk ever has it.
+            known = self._layouts.get(path.name)
+            if known is not None and known[0] > len(words):
+                known = None  # shorter than when last read: not the file it was
+            layout = _layout(words, first, path, known)
+            self._layouts[path.name] = layout
+            records = layout[1]
+        for kind, key, start, end in records:
+            values = words[start:end]
             if kind == FOLDED:
                 snap.folded.add(key)
             elif kind == LEVELS:

@@ -1,0 +1,180 @@
+"""The text exposition written directly is byte for byte what prometheus_client writes."""
+
+from __future__ import annotations
+
+import gzip
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+
+from promtext import parse, value
+from workermeter import serve_metrics
+from workermeter.exposition import Exposition, StoreCollector
+from workermeter.recorder import P_DISCONNECTS, Recorder, status_index
+from workermeter.request_start import TOO_OLD
+from workermeter.store import Store
+from workermeter.textformat import Family, registry_of, render
+
+ROUTES = ["/plain/{id}", '/quote"d', "/back\\slash", "/new\nline", "/ünïcödé", "/{a}/{b}"]
+
+ACCEPT = [
+    pytest.param(None, False, id="no-accept"),
+    pytest.param("text/plain", False, id="text"),
+    pytest.param("text/plain; version=1.0.0; escaping=allow-utf-8", False, id="text-utf8"),
+    pytest.param("application/openmetrics-text; version=1.0.0", True, id="openmetrics"),
+    pytest.param(
+        # what Prometheus 2.42 sends
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+        "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        True,
+        id="prometheus-2",
+    ),
+]
+
+
+def _fill(directory: Path) -> Recorder:
+    """A live worker's recorder with requests of every kind; keep it to keep the worker."""
+    rec = Recorder(directory=directory)
+    active = rec.activate(multithread=False, capacity=4)
+    lane = active.lane()
+    for i, route in enumerate(ROUTES):
+        for j in range(i + 1):
+            active.begin()
+            status = status_index(200 if j % 3 else 503)
+            # durations across the buckets, 1 ms to ~1.6 s, and one in +Inf
+            lane.request(route, "GET" if j % 2 else "POST", status, 10 ** (6 + j % 4) * (i + 1))
+            active.end()
+    lane.request("/slow", "PATCH", status_index(404), 400 * 10**9, cpu=3 * 10**9)
+    lane.queue_wait(0.0042, None)
+    lane.queue_wait(None, TOO_OLD)
+    lane.loop_lag(0.25)
+    lane.count(P_DISCONNECTS)
+    return rec
+
+
+@pytest.fixture
+def families(tmp_path: Path) -> Iterator[list[Family]]:
+    rec = _fill(tmp_path)
+    collector = StoreCollector(
+        lambda: Store(tmp_path),
+        processes=lambda pids: {pid: (150 << 20, 99 << 20, 12.5) for pid in pids},
+        host=lambda: (8 << 30, 3 << 30, 2),
+    )
+    yield collector.families()
+    assert rec.active is not None  # the worker stayed live throughout
+
+
+@pytest.mark.parametrize(("accept", "openmetrics"), ACCEPT)
+def test_same_bytes_as_prometheus_client(
+    families: list[Family], accept: str | None, openmetrics: bool
+) -> None:
+    registry = registry_of(families)
+    encoder, content_type = choose_encoder(accept or "")
+    assert content_type.startswith("application/openmetrics-text") is openmetrics
+    expected = encoder(registry)
+    assert render(families, openmetrics=openmetrics) == expected
+    assert expected.count(b"\n") > 500  # every route's histogram is in it
+
+
+def test_what_the_families_hold(families: list[Family]) -> None:
+    samples = parse(render(families, openmetrics=False))
+    duration = "workermeter_request_duration_seconds"
+    assert value(samples, f"{duration}_count", method="GET", route='/quote"d') == 1
+    assert value(samples, f"{duration}_bucket", le="+Inf", method="POST", route="/new\nline") == 2
+    slow = {"method": "PATCH", "route": "/slow"}
+    assert value(samples, f"{duration}_sum", **slow) == 400.0
+    assert value(samples, f"{duration}_bucket", le="300.0", **slow) == 0
+    assert value(samples, f"{duration}_bucket", le="+Inf", **slow) == 1
+    assert value(samples, "workermeter_sampled_cpu_seconds_total", route="/slow") == 3.0
+    assert value(samples, "workermeter_queue_wait_seconds_bucket", le="0.005") == 1
+    assert value(samples, "workermeter_queue_wait_seconds_bucket", le="0.004") == 0
+    assert value(samples, "workermeter_queue_wait_rejected_total", reason="too_old") == 1
+    assert value(samples, "workermeter_client_disconnects_total") == 1
+    assert value(samples, "workermeter_process_unique_memory_bytes", worker="0") == 99 << 20
+    om = render(families, openmetrics=True).decode()
+    assert om.endswith("# EOF\n")
+    names = {f.name for f in openmetrics_families(om)}  # type: ignore[no-untyped-call]
+    assert {"workermeter_requests", "workermeter_request_duration_seconds"} <= names
+
+
+@pytest.mark.parametrize(("accept", "openmetrics"), ACCEPT)
+def test_exposition_negotiates(tmp_path: Path, accept: str | None, openmetrics: bool) -> None:
+    _fill(tmp_path)
+    exposition = Exposition(lambda: Store(tmp_path))
+    body, content_type = exposition.render(accept)
+    assert content_type == choose_encoder(accept or "")[1]
+    assert body.endswith(b"# EOF\n") is openmetrics
+    samples = parse(body.replace(b"# EOF\n", b""))
+    labels = {"method": "POST", "route": "/ünïcödé", "status": "5xx"}
+    assert value(samples, "workermeter_requests_total", **labels) == 1
+
+
+@pytest.mark.parametrize(
+    ("accept", "name"),
+    [
+        pytest.param(
+            "text/plain; version=1.0.0; escaping=dots", b"workermeter__workers", id="dots"
+        ),
+        pytest.param(
+            "application/openmetrics-text; version=1.0.0; escaping=values",
+            b"U__workermeter__workers",
+            id="values",
+        ),
+    ],
+)
+def test_renaming_escapings_are_left_to_prometheus_client(
+    tmp_path: Path, accept: str, name: bytes
+) -> None:
+    _fill(tmp_path)
+    exposition = Exposition(lambda: Store(tmp_path))
+    body, content_type = exposition.render(accept)
+    assert content_type == choose_encoder(accept)[1]
+    assert b"\n" + name + b" 1.0\n" in body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_served_gzipped_filtered_and_head(tmp_path: Path) -> None:
+    _live = _fill(tmp_path)
+    server, thread = serve_metrics(_free_port(), directory=tmp_path)
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        with requests.get(url, stream=True, timeout=10) as reply:
+            raw = reply.raw.read()
+        assert reply.headers["Content-Encoding"] == "gzip"
+        assert int(reply.headers["Content-Length"]) == len(raw)
+        text = gzip.decompress(raw)
+        assert value(text, "workermeter_workers") == 1
+        plain = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=10)
+        assert "Content-Encoding" not in plain.headers
+        assert value(plain.content, "workermeter_workers") == 1
+        head = requests.head(url, headers={"Accept-Encoding": "identity"}, timeout=10)
+        assert head.status_code == 200 and head.content == b""
+        # the length of the body a GET would get: a few digits of the usage values differ
+        assert abs(int(head.headers["Content-Length"]) - len(plain.content)) < 100
+        names = {"name[]": ["workermeter_workers", "workermeter_requests_total"]}
+        only = requests.get(url, params=names, timeout=10)
+        helps = [line for line in only.text.splitlines() if line.startswith("# HELP")]
+        assert [h.split()[2] for h in helps] == [
+            "workermeter_requests_total",
+            "workermeter_workers",
+        ]
+        assert value(only.text, "workermeter_workers") == 1
+        post = requests.post(url, timeout=10)
+        assert (post.status_code, post.headers["Allow"]) == (405, "GET, HEAD")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert not thread.is_alive()
