@@ -19,8 +19,6 @@ No threads, no global state: the HTTP client, the clocks and ``sleep`` are param
 from __future__ import annotations
 
 import itertools
-import math
-import os
 import re
 import time
 import urllib.error
@@ -34,6 +32,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import metrics as m
 from .capacity import Machine, Workload
+from .measurement import (
+    Fetch,
+    Measurement,
+    SourceError,
+    bucket_cv,
+    bucket_quantile,
+    clamp_share,
+    cpu_notes,
+    http_get,
+    machine_of,
+    ratio,
+    rounded_rate,
+)
 
 __all__ = [
     "Fetch",
@@ -56,21 +67,12 @@ __all__ = [
     "scrape",
 ]
 
-#: Bearer token sent to ``/metrics`` when set, like the middleware's ``token`` option.
-ENV_TOKEN = "WORKERMETER_TOKEN"
 #: Mean queue wait in the second half of a window above ``GROWTH`` x the first half's, and more
 #: than ``GROWTH_FLOOR`` seconds above it, counts as "queue wait kept growing".
 GROWTH = 1.5
 GROWTH_FLOOR = 0.005
 
 Key = tuple[str, frozenset[tuple[str, str]]]
-#: ``fetch(url, timeout) -> body``; raises :class:`SourceError` with a one-line reason.
-Fetch = Callable[[str, float], str]
-
-
-class SourceError(Exception):
-    """A source could not be read or does not hold what is needed; the message is one line that
-    says what to do."""
 
 
 # --------------------------------------------------------------------------------- small parsers
@@ -117,51 +119,6 @@ def metrics_url(url: str) -> str:
     if parts.path in ("", "/"):
         parts = parts._replace(path="/metrics")
     return urllib.parse.urlunsplit(parts)
-
-
-def http_get(url: str, timeout: float = 10.0) -> str:
-    """``GET url`` and return the body, or raise :class:`SourceError` with the reason in a line.
-
-    Sends ``Authorization: Bearer $WORKERMETER_TOKEN`` to ``/metrics`` URLs when it is set.
-    """
-    return _get(url, timeout, error_bodies=())
-
-
-def _get(url: str, timeout: float, *, error_bodies: tuple[int, ...]) -> str:
-    parts = urllib.parse.urlsplit(url)
-    where = urllib.parse.urlunsplit(parts._replace(query=""))
-    headers = {"User-Agent": "workermeter"}
-    token = os.environ.get(ENV_TOKEN)
-    if token and parts.path.endswith("/metrics"):
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body: bytes = response.read()
-            charset = response.headers.get_content_charset() or "utf-8"
-    except urllib.error.HTTPError as e:
-        if e.code in error_bodies:
-            return e.read().decode("utf-8", errors="replace")
-        hint = ""
-        if e.code in (401, 403, 404) and parts.path.endswith("/metrics"):
-            hint = (
-                " (workermeter answers /metrics only to loopback and private clients, or with "
-                f"${ENV_TOKEN} as a bearer token)"
-            )
-        raise SourceError(f"{where} answered HTTP {e.code} {e.reason}{hint}") from None
-    except urllib.error.URLError as e:
-        raise SourceError(f"cannot reach {where}: {_reason(e.reason)}") from None
-    except OSError as e:  # a timeout or a reset while reading the body
-        raise SourceError(f"cannot reach {where}: {_reason(e)}") from None
-    return body.decode(charset, errors="replace")
-
-
-def _reason(reason: object) -> str:
-    if isinstance(reason, TimeoutError):
-        return "timed out"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
 
 
 # ------------------------------------------------------------------------------------- scrapes
@@ -340,57 +297,6 @@ class _Counts:
         return sorted((float(le), v) for (le,), v in self.by(name + "_bucket", "le").items())
 
 
-# ----------------------------------------------------------------------------- bucket statistics
-
-
-def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
-    """The ``q`` quantile of a histogram from cumulative ``(upper bound, count)`` pairs, as
-    PromQL's ``histogram_quantile`` computes it: linear within the bucket, and the largest finite
-    bound when it falls in the ``+Inf`` bucket. None when the histogram is empty.
-    """
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower, below = 0.0, 0.0
-    for bound, cumulative in buckets:
-        if cumulative >= rank and cumulative > below:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * (rank - below) / (cumulative - below)
-        if not math.isinf(bound):
-            lower = bound
-        below = cumulative
-    return lower
-
-
-def bucket_cv(buckets: Sequence[tuple[float, float]]) -> float | None:
-    """Coefficient of variation (standard deviation / mean) of a histogram from cumulative
-    ``(upper bound, count)`` pairs, placing each bucket's requests at its midpoint (the ``+Inf``
-    bucket's at the largest finite bound).
-
-    The spread inside a bucket is left out, so requests that all take the same time give 0, and
-    spread-out ones a little less than the truth (a few per cent with workermeter's buckets).
-    None when the histogram is empty.
-    """
-    points: list[tuple[float, float]] = []
-    lower, below = 0.0, 0.0
-    for bound, cumulative in buckets:
-        count = cumulative - below
-        if count > 0:
-            points.append((lower if math.isinf(bound) else (lower + bound) / 2, count))
-        if not math.isinf(bound):
-            lower = bound
-        below = cumulative
-    n = sum(c for _, c in points)
-    if n <= 0:
-        return None
-    mean = sum(p * c for p, c in points) / n
-    if mean <= 0:
-        return None
-    variance = sum(c * (p - mean) ** 2 for p, c in points) / n
-    return math.sqrt(variance) / mean
-
-
 # --------------------------------------------------------------------------------- observation
 
 
@@ -490,11 +396,11 @@ class Observation:
             )
         share = self.cpu_share if self.cpu_share is not None else self.process_cpu_share
         return Workload(
-            peak_rate=_rate(self.rate),
+            peak_rate=rounded_rate(self.rate),
             service_time=self.service_time,
-            cpu_share=_share(share or 0.0),
+            cpu_share=clamp_share(share or 0.0),
             service_cv=1.0 if self.service_cv is None else self.service_cv,
-            utilisation=None if self.utilisation is None else _share(self.utilisation),
+            utilisation=None if self.utilisation is None else clamp_share(self.utilisation),
             all_busy_share=self.all_busy_share,
             wait_growing=self.wait_growing,
         )
@@ -510,7 +416,7 @@ class Observation:
                 "the scrape has no worker or host memory yet: a worker appears with its first "
                 "request, so sample while the app has traffic"
             )
-        return _machine(
+        return machine_of(
             cores=self.cores,
             memory_total=self.memory_total,
             rss=max(self.rss.values()),
@@ -518,46 +424,6 @@ class Observation:
             processes=self.processes,
             threads=self.threads,
         )
-
-
-def _rate(x: float) -> float:
-    """A measured rate to 3 significant digits: the reasons print it, and more digits than
-    that are noise."""
-    return float(f"{x:.3g}")
-
-
-def _share(x: float) -> float:
-    """Clamp a measured share into [0, 1]: busy time can overshoot the window by a scrape's
-    duration, and a CPU share by clock granularity."""
-    return min(1.0, max(0.0, x))
-
-
-def _machine(
-    *,
-    cores: float,
-    memory_total: float,
-    rss: float,
-    uss: float,
-    processes: float | None,
-    threads: float | None,
-) -> Machine:
-    process_rss = max(1, round(rss))
-    process_uss = round(uss) if 0 < uss <= rss else None  # 0: smaps was closed to the exporter
-    try:
-        return Machine(
-            cores=max(1.0, float(cores)),
-            memory_total=max(1, round(memory_total)),
-            process_rss=process_rss,
-            process_uss=process_uss,
-            processes=round(processes) if processes and processes >= 1 else None,
-            threads=round(threads) if threads and threads >= 1 else 1,
-        )
-    except ValueError as e:  # e.g. a box too small for its reserves: say so in one line
-        raise SourceError(str(e)) from None
-
-
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
 
 
 def observe(scrapes: Sequence[Scrape]) -> Observation:
@@ -595,7 +461,9 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
     worker_all_busy = {w: all_busy_by.get(w, 0.0) / seconds for w in sorted(capacity)}
     all_busy_share = None
     if worker_all_busy:
-        all_busy_share = _share(1.0 - sum(1.0 - _share(s) for s in worker_all_busy.values()))
+        all_busy_share = clamp_share(
+            1.0 - sum(1.0 - clamp_share(s) for s in worker_all_busy.values())
+        )
 
     levels: dict[int, float] = {}
     for (_, k), v in d.by(m.BUSY_SLOTS.name + "_total", "worker", "busy").items():
@@ -620,17 +488,17 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
         seconds=seconds,
         requests=requests,
         rate=requests / seconds,
-        service_time=_ratio(duration_sum, duration_count),
+        service_time=ratio(duration_sum, duration_count),
         service_cv=bucket_cv(d.buckets(m.DURATION.name)),
-        cpu_share=_ratio(cpu, cpu_wall),
-        process_cpu_share=_ratio(process_cpu, busy),
-        utilisation=_ratio(busy, seconds * slots),
+        cpu_share=ratio(cpu, cpu_wall),
+        process_cpu_share=ratio(process_cpu, busy),
+        utilisation=ratio(busy, seconds * slots),
         worker_utilisation=worker_utilisation,
         worker_all_busy=worker_all_busy,
         all_busy_share=all_busy_share,
         busy_distribution=distribution,
         queue_waits=waits,
-        queue_wait_mean=_ratio(d.sum(m.QUEUE_WAIT.name + "_sum"), waits),
+        queue_wait_mean=ratio(d.sum(m.QUEUE_WAIT.name + "_sum"), waits),
         queue_wait_p50=bucket_quantile(0.5, wait_buckets),
         queue_wait_p95=bucket_quantile(0.95, wait_buckets),
         wait_growing=_wait_growing(steps),
@@ -658,7 +526,7 @@ def _wait_growing(steps: Sequence[Mapping[Key, float]]) -> bool:
     for part in (steps[:half], steps[half:]):
         counts = _Counts(_total(part))
         means.append(
-            _ratio(counts.sum(m.QUEUE_WAIT.name + "_sum"), counts.sum(m.QUEUE_WAIT.name + "_count"))
+            ratio(counts.sum(m.QUEUE_WAIT.name + "_sum"), counts.sum(m.QUEUE_WAIT.name + "_count"))
         )
     first, second = means
     if first is None or second is None:
@@ -683,47 +551,11 @@ def _routes(d: _Counts, seconds: float) -> tuple[RouteStats, ...]:
                 requests=n,
                 rate=n / seconds,
                 busy=sums.get(key, 0.0),
-                service_time=_ratio(sums.get(key, 0.0), counts.get(key, 0.0)),
-                cpu_share=_ratio(cpu.get(key, 0.0), wall.get(key, 0.0)),
+                service_time=ratio(sums.get(key, 0.0), counts.get(key, 0.0)),
+                cpu_share=ratio(cpu.get(key, 0.0), wall.get(key, 0.0)),
             )
         )
     return tuple(sorted(routes, key=lambda r: (-r.busy, r.route)))
-
-
-# --------------------------------------------------------------------------------- measurement
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """The capacity model's inputs taken from a source, and what was seen there.
-
-    :param source: where and over what window, in words.
-    :param seconds: the window's length.
-    :param workload: the rate (peak), service time, CPU share and signs of saturation.
-    :param machine: cores, memory and the current processes x threads.
-    :param queue_wait_p50: measured median queue wait in the window, if any was measured.
-    :param queue_wait_p95: measured 95th percentile queue wait in the window.
-    :param notes: how inputs were chosen where the source could not tell, one sentence each.
-    """
-
-    source: str
-    seconds: float
-    workload: Workload
-    machine: Machine
-    queue_wait_p50: float | None = None
-    queue_wait_p95: float | None = None
-    notes: tuple[str, ...] = ()
-
-
-def _cpu_notes(cpu_share: float | None, process_cpu_share: float | None) -> list[str]:
-    if cpu_share is not None:
-        return []
-    if process_cpu_share is not None:
-        return [
-            "No request was sampled for CPU time, so the CPU share is the workers' CPU time over "
-            "their busy time (it also counts work outside requests)."
-        ]
-    return ["The CPU share could not be measured and is taken as 0."]
 
 
 def measure_metrics(
@@ -745,7 +577,7 @@ def measure_metrics(
     url = metrics_url(url)
     scrapes = sample(url, seconds, interval=interval, fetch=fetch, clock=clock, sleep=sleep)
     obs = observe(scrapes)
-    notes = _cpu_notes(obs.cpu_share, obs.process_cpu_share)
+    notes = cpu_notes(obs.cpu_share, obs.process_cpu_share)
     if obs.service_cv is None:
         notes.append("The service time's variability is unknown; cv 1 is assumed.")
     return Measurement(

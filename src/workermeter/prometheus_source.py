@@ -15,18 +15,18 @@ from typing import Any
 
 from . import metrics as m
 from .capacity import Workload
-from .observe import (
+from .measurement import (
     Fetch,
     Measurement,
     SourceError,
-    _cpu_notes,
-    _get,
-    _machine,
-    _rate,
-    _ratio,
-    _share,
     bucket_cv,
     bucket_quantile,
+    clamp_share,
+    cpu_notes,
+    get,
+    machine_of,
+    ratio,
+    rounded_rate,
 )
 
 __all__ = ["RATE_RANGE", "measure_prometheus", "prometheus_get"]
@@ -39,7 +39,7 @@ def prometheus_get(url: str, timeout: float = 30.0) -> str:
     """Like :func:`~workermeter.observe.http_get`, but returns the JSON body Prometheus sends
     with a refused query (HTTP 400 or 422) or one it could not run (503), so its reason can be
     shown."""
-    return _get(url, timeout, error_bodies=(400, 422, 503))
+    return get(url, timeout, error_bodies=(400, 422, 503))
 
 
 def _promql_duration(seconds: float) -> str:
@@ -159,12 +159,12 @@ def measure_prometheus(
 
     cpu = prom.scalar(f"sum(increase({series(m.CPU, '_total')}[{w}]))")
     cpu_wall = prom.scalar(f"sum(increase({series(m.CPU_WALL, '_total')}[{w}]))")
-    cpu_share = _ratio(cpu or 0.0, cpu_wall or 0.0)
+    cpu_share = ratio(cpu or 0.0, cpu_wall or 0.0)
     process_cpu_share = None
     if cpu_share is None:
         busy = prom.scalar(f"sum(increase({series(m.BUSY, '_total')}[{w}]))")
         process = prom.scalar(f"sum(increase({series(m.PROCESS_CPU, '_total')}[{w}]))")
-        process_cpu_share = _ratio(process or 0.0, busy or 0.0)
+        process_cpu_share = ratio(process or 0.0, busy or 0.0)
     utilisation = prom.scalar(
         f"max_over_time((sum(rate({series(m.BUSY, '_total')}[{r}])) / "
         f"sum({series(m.CAPACITY)}))[{w}:{res}])"
@@ -187,21 +187,21 @@ def measure_prometheus(
             f"Prometheus at {base} has no worker memory or host figures for {sel or 'any job'} "
             f"in the last {words}"
         )
-    notes = _cpu_notes(cpu_share, process_cpu_share)
+    notes = cpu_notes(cpu_share, process_cpu_share)
     if cv is None:
         notes.append("The service time's variability is unknown; cv 1 is assumed.")
     share = cpu_share if cpu_share is not None else process_cpu_share
-    peak = _rate(peak)
+    peak = rounded_rate(peak)
     workload = Workload(
         peak_rate=peak,
         service_time=d_sum / d_count,
-        cpu_share=_share(share or 0.0),
+        cpu_share=clamp_share(share or 0.0),
         service_cv=1.0 if cv is None else cv,
-        typical_rate=min(_rate(typical), peak) if typical is not None else None,
-        utilisation=None if utilisation is None else _share(utilisation),
-        all_busy_share=None if all_busy is None else _share(all_busy),
+        typical_rate=min(rounded_rate(typical), peak) if typical is not None else None,
+        utilisation=None if utilisation is None else clamp_share(utilisation),
+        all_busy_share=None if all_busy is None else clamp_share(all_busy),
     )
-    machine = _machine(
+    machine = machine_of(
         cores=cores,
         memory_total=memory,
         rss=rss,

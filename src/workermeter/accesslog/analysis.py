@@ -12,9 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..capacity import Workload
-from .formats import _BUILTIN, _TIMING, LineFormat, line_format
+from .formats import BUILTIN, TIMING, LineFormat, line_format
 from .in_flight import Concurrency, Minute, concurrency, fcfs_waits
-from .reading import BadLine, FileSummary, Progress, _Reader
+from .reading import BadLine, FileSummary, Progress, Reader
 from .routes import OTHER
 
 #: Logs do not show CPU time: the share assumed for the suggestion unless one is given.
@@ -234,7 +234,7 @@ def analyse(
     if not names:
         raise ValueError("no log files given")
 
-    reader = _Reader(max_routes, progress)
+    reader = Reader(max_routes, progress)
     for name in names:
         reader.read(name, line_fmt)
     files = tuple(reader.files)
@@ -327,7 +327,7 @@ def analyse(
 def _queueing(summary: FileSummary, fmt: LineFormat | None) -> bool:
     if fmt is not None:
         return fmt.includes_queueing
-    return _BUILTIN[summary.format].includes_queueing if summary.format in _BUILTIN else True
+    return BUILTIN[summary.format].includes_queueing if summary.format in BUILTIN else True
 
 
 def _nothing(files: Sequence[FileSummary], examples: Sequence[BadLine], fmt: str | None) -> str:
@@ -353,7 +353,7 @@ def _warnings(
     timing = sorted(
         {fmt.timing}
         if fmt is not None
-        else {_TIMING.get(f.format, _TIMING["custom"]) for f in a.files if f.requests}
+        else {TIMING.get(f.format, TIMING["custom"]) for f in a.files if f.requests}
     )
     said = "; ".join(timing)
     if a.includes_queueing:

@@ -288,7 +288,8 @@ def _detect(line: str) -> tuple[str, bool] | None:
     return "gunicorn", False  # combined + an integer: gunicorn's %(D)s, or Apache's %D
 
 
-_TIMING = {
+#: What each format's durations measure, for the analysis to tell.
+TIMING = {
     "nginx": (
         "nginx logs $upstream_response_time (or $request_time) from when it passed the request "
         "on (or read it) until the response: that includes the time the request waited for a "
@@ -308,10 +309,11 @@ _TIMING = {
     ),
 }
 
-_BUILTIN = {
-    "nginx": LineFormat("nginx", _parse_nginx, True, _TIMING["nginx"]),
-    "gunicorn": LineFormat("gunicorn", _parse_gunicorn, False, _TIMING["gunicorn"]),
-    "apache": LineFormat("apache", _parse_apache, True, _TIMING["apache"]),
+#: The formats known by name.
+BUILTIN = {
+    "nginx": LineFormat("nginx", _parse_nginx, True, TIMING["nginx"]),
+    "gunicorn": LineFormat("gunicorn", _parse_gunicorn, False, TIMING["gunicorn"]),
+    "apache": LineFormat("apache", _parse_apache, True, TIMING["apache"]),
 }
 
 # --- custom patterns ------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def _custom_format(pattern: str) -> LineFormat:
             utc_offset=when[2],
         )
 
-    return LineFormat("custom", parse, True, _TIMING["custom"])
+    return LineFormat("custom", parse, True, TIMING["custom"])
 
 
 def line_format(fmt: str, pattern: str | None = None) -> LineFormat:
@@ -441,7 +443,7 @@ def line_format(fmt: str, pattern: str | None = None) -> LineFormat:
     if fmt == "custom":
         raise ValueError("the custom format needs a pattern")
     try:
-        return _BUILTIN[fmt]
+        return BUILTIN[fmt]
     except KeyError:
         choices = ", ".join(("auto", *FORMATS, "custom"))
         raise ValueError(f"unknown log format {fmt!r}; choose one of {choices}") from None
@@ -460,4 +462,4 @@ def _choose(head: Sequence[tuple[int, str | None]]) -> tuple[LineFormat | None, 
     best = max(FORMATS, key=lambda name: votes[name])  # ties: the first in FORMATS
     if votes[best] == 0:
         return None, False
-    return _BUILTIN[best], best not in certain
+    return BUILTIN[best], best not in certain

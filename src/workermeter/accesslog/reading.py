@@ -67,7 +67,7 @@ class FileSummary:
     truncated: bool
 
 
-class _Reader:
+class Reader:
     """Collects the requests of all files into flat arrays, and the routes they belong to."""
 
     def __init__(self, max_routes: int, progress: Progress | None) -> None:
