@@ -216,7 +216,8 @@ USS = Metric(
     "gauge",
     _WORKER,
     "bytes",
-    "Unique set size: memory freed if the worker process exited.",
+    "Unique set size: memory freed if the worker process exited. Costly to read, so read again "
+    "when 30 s old, for at most a quarter of the workers a scrape.",
 )
 PROCESS_CPU = Metric(
     "workermeter_process_cpu_seconds",
