@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-# Loaded by serving metrics (prometheus_client with its HTTP server, psutil) or by the ASGI
-# middleware (asyncio): a WSGI worker that is not scraped needs none of them.
+# Loaded by serving metrics on a port of their own (an HTTP server), by handing them to a
+# prometheus_client registry, by reading memory (psutil) or by the ASGI middleware (asyncio): a
+# WSGI worker that is not scraped needs none of them.
 FOR_METRICS = ("prometheus_client", "psutil", "http.server", "wsgiref.simple_server")
 FOR_ASGI = ("asyncio", "anyio", "ssl")
 
@@ -127,8 +128,9 @@ def test_recording_loads_nothing_for_serving_metrics(
     for step in steps:
         assert step["heavy"] == [], step
         assert "workermeter.exposition" not in step["own"], step
-    # The first scrape builds the exposition, and answers with the request recorded before it.
-    assert "prometheus_client" in scraped["heavy"]
+    # The first scrape builds the exposition, and answers with the request recorded before it;
+    # it reads the workers' memory with psutil, and writes the text without prometheus_client.
+    assert scraped["heavy"] == ["psutil"]
     assert "workermeter.exposition" in scraped["own"]
     assert result["status"] in ("200 OK", 200)
     sample = 'workermeter_requests_total{method="GET",route="/items/{id}",status="2xx"} 1.0'
@@ -137,14 +139,14 @@ def test_recording_loads_nothing_for_serving_metrics(
 
 def test_names_are_exported_lazily() -> None:
     import workermeter.asgi
-    import workermeter.exposition
+    import workermeter.metrics_server
     import workermeter.recorder
     import workermeter.wsgi
 
     assert workermeter.ASGIMiddleware is workermeter.asgi.ASGIMiddleware
     assert workermeter.WSGIMiddleware is workermeter.wsgi.WSGIMiddleware
     assert workermeter.Recorder is workermeter.recorder.Recorder
-    assert workermeter.serve_metrics is workermeter.exposition.serve_metrics
+    assert workermeter.serve_metrics is workermeter.metrics_server.serve_metrics
     assert set(workermeter.__all__) <= set(dir(workermeter))
     assert workermeter.__all__ == sorted(workermeter.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

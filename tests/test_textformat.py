@@ -13,6 +13,8 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from promtext import parse, value
 from workermeter import serve_metrics
@@ -20,7 +22,7 @@ from workermeter.exposition import Exposition, StoreCollector
 from workermeter.recorder import P_DISCONNECTS, Recorder, status_index
 from workermeter.request_start import TOO_OLD
 from workermeter.store import Store
-from workermeter.textformat import Family, registry_of, render
+from workermeter.textformat import Families, Family, go_float, negotiate, render
 
 ROUTES = ["/plain/{id}", '/quote"d', "/back\\slash", "/new\nline", "/ünïcödé", "/{a}/{b}"]
 
@@ -75,7 +77,8 @@ def families(tmp_path: Path) -> Iterator[list[Family]]:
 def test_same_bytes_as_prometheus_client(
     families: list[Family], accept: str | None, openmetrics: bool
 ) -> None:
-    registry = registry_of(families)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Families(families))
     encoder, content_type = choose_encoder(accept or "")
     assert content_type.startswith("application/openmetrics-text") is openmetrics
     expected = encoder(registry)
@@ -102,6 +105,57 @@ def test_what_the_families_hold(families: list[Family]) -> None:
     assert om.endswith("# EOF\n")
     names = {f.name for f in openmetrics_families(om)}  # type: ignore[no-untyped-call]
     assert {"workermeter_requests", "workermeter_request_duration_seconds"} <= names
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "",
+        "*/*",
+        "text/plain",
+        "text/plain;version=0.0.4",
+        "text/plain; version=1.0.0",
+        "text/plain; version=1.0.0; escaping=allow-utf-8",
+        "text/plain; version=1.0.0; escaping=dots",
+        "text/plain; version=1.0.0; escaping=nonsense",
+        "text/plain; version=2",
+        "application/openmetrics-text",
+        "application/openmetrics-text; version=0.0.1",
+        "application/openmetrics-text; version=1.0.0",
+        "application/openmetrics-text;version=1.0.0;escaping=values",
+        "application/openmetrics-text; version=0.0.1, text/plain; version=1.0.0",
+        "application/json, text/plain;version=0.0.4;q=0.5",
+        # Prometheus 2.42 (Debian 12) and 3.x
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+        "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+        "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;"
+        "escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    ],
+)
+def test_negotiates_as_prometheus_client(accept: str) -> None:
+    chosen = negotiate(accept)
+    assert chosen.content_type == choose_encoder(accept)[1]
+    assert chosen.openmetrics is chosen.content_type.startswith("application/openmetrics-text")
+    assert chosen.escaping == (chosen.content_type.partition("escaping=")[2] or "underscores")
+
+
+def test_a_version_that_is_no_number_is_passed_over() -> None:
+    # prometheus_client raises TypeError comparing "x" with 0
+    assert (
+        negotiate("text/plain; version=1.x").content_type
+        == "text/plain; version=0.0.4; charset=utf-8"
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, 1, -1, 0.0, -0.0, 0.0005, 1e-9, 2.5, 123456, 999999, 1e6, 1234567, 1234567.891,
+     2**53, 2**63 - 1, 1e15, 1.5e16, 1e22, -1234567.5, 123456789.0, float("inf"),
+     float("-inf"), float("nan"), 1795610883.4910522, 400.0, 1 / 3],
+)  # fmt: skip
+def test_floats_as_prometheus_client_writes_them(value: float) -> None:
+    assert go_float(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
 
 
 @pytest.mark.parametrize(("accept", "openmetrics"), ACCEPT)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .asgi import ASGIMiddleware
-    from .exposition import serve_metrics
+    from .metrics_server import serve_metrics
     from .recorder import Recorder
     from .wsgi import WSGIMiddleware
 
@@ -19,7 +19,7 @@ _MODULES = {
     "ASGIMiddleware": ".asgi",
     "Recorder": ".recorder",
     "WSGIMiddleware": ".wsgi",
-    "serve_metrics": ".exposition",
+    "serve_metrics": ".metrics_server",
 }
 
 

@@ -62,8 +62,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from .exposition import Exposition, MetricsServer, listen, metrics_app
+from .exposition import Exposition
 from .instance import ENV_DIR, sweep
+from .metrics_server import MetricsServer, listen, metrics_app
 from .store import Snapshot, Store, default_base, ensure_private_dir
 
 __all__ = ["child_exit", "on_exit", "on_starting", "when_ready", "worker_exit"]

@@ -2,32 +2,101 @@
 
 A scrape of 64 workers x 200 routes is ~10,000 lines. ``prometheus_client``'s encoders check
 and escape every label name of every line; here each series' label string is built once and
-each bucket line is a concatenation. The bytes are the same as ``prometheus_client``'s for the
-Prometheus text format and for OpenMetrics (tests compare them on real stores), and
-``to_client`` turns the same families into ``prometheus_client`` metric families for anything
-else, such as a user's own registry.
+each bucket line is a concatenation. The bytes, and the content type chosen for an Accept
+header, are ``prometheus_client``'s (tests compare them on real stores and on the Accept headers
+Prometheus sends). ``prometheus_client`` itself is imported only where it is needed: for the
+escapings that rename valid names, and to hand the families to a registry. A worker that answers
+scrapes never loads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import cast
-
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING, NamedTuple
 
 from . import metrics as m
 
-# Go's float formatting, as Prometheus reads it (untyped in prometheus_client)
-_go_float = cast(Callable[[float], str], floatToGoString)
-_LE = [*(_go_float(b) for b in m.BUCKETS), "+Inf"]
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
+TEXT_1_0_0 = "text/plain; version=1.0.0; charset=utf-8"
+OPENMETRICS_1_0_0 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
+#: Escapings that leave valid metric and label names as they are: the others are rendered by
+#: prometheus_client.
+KEEPS_NAMES = ("underscores", "allow-utf-8")
+
+
+def go_float(value: float) -> str:
+    """A sample value as Prometheus writes one (Go's shortest float format): ``1.0``, ``0.005``,
+    ``1.234567e+06``, ``+Inf``, ``NaN``."""
+    x = float(value)
+    if math.isinf(x):
+        return "+Inf" if x > 0 else "-Inf"
+    if math.isnan(x):
+        return "NaN"
+    text = repr(x)
+    dot = text.find(".")
+    if x > 0 and dot > 6:  # Go turns to an exponent at 1e+06 and above, Python at 1e+16
+        digits = (text[:dot] + text[dot + 1 :]).rstrip("0")
+        mantissa = f"{digits[0]}.{digits[1:]}" if len(digits) > 1 else digits
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
+
+
+_LE = [*(go_float(b) for b in m.BUCKETS), "+Inf"]
+
+
+class Format(NamedTuple):
+    """What a scrape gets: its content type, whether it is OpenMetrics, and the name escaping."""
+
+    content_type: str
+    openmetrics: bool
+    escaping: str
+
+
+def negotiate(accept: str | None) -> Format:
+    """The format for a scrape's Accept header, chosen as ``prometheus_client`` chooses: the
+    first OpenMetrics or text media type of version 1.0.0 or later, else the text format 0.0.4.
+    """
+    for accepted in (accept or "").split(","):
+        media, *params = accepted.split(";")
+        media = media.strip()
+        if media not in ("application/openmetrics-text", "text/plain"):
+            continue
+        version = _param(params, "version")
+        escaping = _param(params, "escaping")
+        escaping = escaping if escaping in ESCAPINGS else "underscores"
+        if media == "application/openmetrics-text" and not version:
+            return Format(OPENMETRICS_1_0_0, True, "underscores")
+        if _at_least_1(version):
+            if media == "text/plain":
+                return Format(f"{TEXT_1_0_0}; escaping={escaping}", False, escaping)
+            return Format(
+                f"application/openmetrics-text; version={version}; charset=utf-8; "
+                f"escaping={escaping}",
+                True,
+                escaping,
+            )
+    return Format(TEXT_0_0_4, False, "underscores")
+
+
+def _param(params: list[str], name: str) -> str:
+    for param in params:
+        key, eq, value = param.strip().partition("=")
+        if eq and key == name:
+            return value
+    return ""
+
+
+def _at_least_1(version: str) -> bool:
+    try:
+        return tuple(int(part) for part in version.split(".")) >= (1, 0, 0)
+    except ValueError:  # not numbers: a version this does not know
+        return False
 
 
 @dataclass
@@ -49,6 +118,12 @@ class Family:
 
 def to_client(f: Family) -> Metric:
     """The ``prometheus_client`` metric family of ``f``."""
+    from prometheus_client.metrics_core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
     names = list(f.metric.labels)
     unit = ""  # units are in the names already; OpenMetrics would append them again
     kind = f.metric.kind
@@ -64,7 +139,9 @@ def to_client(f: Family) -> Metric:
     return out
 
 
-class _Read(Collector):
+class Families:
+    """``families`` as a ``prometheus_client`` collector (anything with ``collect()`` is one)."""
+
     def __init__(self, families: list[Family]) -> None:
         self.families = families
 
@@ -72,11 +149,15 @@ class _Read(Collector):
         return map(to_client, self.families)
 
 
-def registry_of(families: list[Family]) -> CollectorRegistry:
-    """A ``prometheus_client`` registry that holds ``families``, for its own encoders."""
+def encode_with_client(families: list[Family], accept: str | None) -> bytes:
+    """``families`` as ``prometheus_client``'s encoder for ``accept`` writes them."""
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import CollectorRegistry
+
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Read(families))
-    return registry
+    registry.register(Families(families))
+    encoder, _ = choose_encoder(accept or "")
+    return encoder(registry)
 
 
 def sample_names(metric: m.Metric) -> set[str]:
@@ -113,7 +194,7 @@ def render(families: list[Family], *, openmetrics: bool) -> bytes:
     def fmt(value: float) -> str:
         text = formatted.get(value)
         if text is None:
-            text = formatted[value] = _go_float(value)
+            text = formatted[value] = go_float(value)
         return text
 
     for f in families:

@@ -348,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
         ) from None
     from rich.console import Console
 
-    from ..exposition import serve_metrics
+    from ..metrics_server import serve_metrics
 
     try:
         seconds = observe.parse_duration(args.duration)

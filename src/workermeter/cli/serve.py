@@ -16,8 +16,8 @@ import stat
 import sys
 from pathlib import Path
 
-from ..exposition import serve_metrics
 from ..instance import ENV_DIR
+from ..metrics_server import serve_metrics
 from . import UsageError
 
 HELP = "serve the metrics of a store directory on a port of their own, until SIGTERM"
