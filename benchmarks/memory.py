@@ -6,8 +6,8 @@ from ``/proc/self`` (USS is the memory only this process holds, what a forked wo
 difference from the bare app of the same framework is what the meter costs, imports included.
 
 "scraped once" cases then answer one ``GET /metrics`` from the middleware itself, as a worker of
-a pre-fork server does when Prometheus scrapes the workers' port: that loads prometheus_client
-and psutil, which a worker never scraped (metrics served by the gunicorn hooks or ``workermeter
+a pre-fork server does when Prometheus scrapes the workers' port: that loads the exposition and
+psutil, which a worker never scraped (metrics served by the gunicorn hooks or ``workermeter
 serve``) does not. psutil is not imported to measure, so that it counts where it is loaded.
 
 Modules are loaded from bytecode, as in a deployment (a wheel's install writes it): each case
