@@ -15,10 +15,10 @@ from .recorder import (
     P_DISCONNECTS,
     P_UPLOADS,
     P_WEBSOCKETS,
+    STATUS_INDEX,
     UNMATCHED,
     Active,
     content_longer,
-    status_index,
 )
 from .request_start import queue_wait
 from .server import detect
@@ -32,6 +32,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _START_HEADERS = (b"x-request-start", b"x-queue-start")
+_STATUS_INDEX = STATUS_INDEX
 _FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
@@ -72,40 +73,50 @@ class ASGIMiddleware(Meter):
             if path == self._metrics_path or (root and path == root + self._metrics_path):
                 await self._metrics(scope, send)
                 return
-        rec = self.recorder
-        active = rec.active or self._activate()
+        active = self.recorder.active or self._activate()
         if active is None:
             await self.app(scope, receive, send)
             return
-        lane = active.lane()
-        cpu0 = lane.cpu_start(rec.cpu_clock)
+        lane = active.single or active.lane()
+        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
+        if n:
+            lane.countdown = n
+            cpu0 = None
+        else:
+            lane.countdown = active.cpu_sample
+            cpu0 = self._cpu_clock()
         start: Any = None
+        length = None
         for name, value in scope["headers"]:
             if name == b"x-request-start" or name == b"x-queue-start":
                 start = value if start is None else (start, value)
+            elif name == b"content-length" and length is None:
+                length = value
         if start is not None:
-            if self._upload(scope["headers"]):
+            if length is not None and content_longer(length, self._upload_bytes):
                 lane.count(P_UPLOADS)
             elif type(start) is bytes:
                 lane.request_start(
-                    start.decode("latin-1"), rec.wall_clock(), self._max_skew, self._max_age
+                    start.decode("latin-1"), self._wall_clock(), self._max_skew, self._max_age
                 )
             else:
                 values = [v.decode("latin-1") for v in _flatten(start)]
-                lane.queue_wait(*queue_wait(values, rec.wall_clock(), max_skew=self._max_skew,
+                lane.queue_wait(*queue_wait(values, self._wall_clock(), max_skew=self._max_skew,
                                             max_age=self._max_age))  # fmt: skip
         t0 = active.begin()
         status = 0
         complete = False
 
-        async def send_(message: Message) -> None:
+        # A plain function handing back the server's awaitable: no coroutine of its own per
+        # message.
+        def send_(message: Message) -> Awaitable[None]:
             nonlocal status, complete
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
             elif kind == "http.response.body" and not message.get("more_body", False):
                 complete = True
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_)
@@ -113,8 +124,6 @@ class ASGIMiddleware(Meter):
             status = 500
             raise
         finally:
-            t1 = active.end()
-            cpu = rec.cpu_clock() - cpu0 if cpu0 is not None else None
             try:
                 route = self.route(scope) or UNMATCHED
             except Exception:  # a user's route function must not break the response
@@ -122,13 +131,8 @@ class ASGIMiddleware(Meter):
                 route = UNMATCHED
             if not complete and status != 500:
                 lane.count(P_DISCONNECTS)
-            lane.request(route, scope.get("method", ""), status_index(status), t1 - t0, cpu)
-
-    def _upload(self, headers: Any) -> bool:
-        for name, value in headers:
-            if name == b"content-length":
-                return content_longer(value, self._upload_bytes)
-        return False
+            active.finish(lane, route, scope.get("method", ""), _STATUS_INDEX.get(status, 5),
+                          t0, cpu0)  # fmt: skip
 
     def _activate(self) -> Active | None:
         rec = self.recorder

@@ -57,17 +57,36 @@ UNMATCHED = "<unmatched>"
 OTHER = "<other>"
 
 bucket_of = bisect.bisect_left
+# The hot paths find a bucket from the value's bit length: _FIRST_BUCKET[n] is the first bucket
+# that can hold a value of n bits, and at most three bounds lie within one power of two, so a
+# short walk up _BOUNDS (the bounds, then one no value reaches) ends where bisect_left would,
+# for a third of its cost.
+_FIRST_BUCKET = tuple(bucket_of(BUCKETS_NS, 1 << (n - 1) if n else 0) for n in range(65))
+_BOUNDS = (*BUCKETS_NS, 1 << 64)
 _MAX_LEVEL = _store.MAX_LEVEL
 _ENTER = _store.ENTER
 _ABOVE = _store.ABOVE
 _H_LEVEL = _store.H_LEVEL
 _LEVEL_BITS = _store.LEVEL_BITS
 _LEVEL_MASK = (1 << _LEVEL_BITS) - 1
+_SEQ = 1 << _LEVEL_BITS  # one step of the level word's update count
+_RISE = _SEQ + 1  # from an update under way to its end, one level up
+_FALL = _SEQ - 1  # the same, one level down
+_sleep = time.sleep
+
+
+def _word(word: int, level: int) -> int:
+    """``word``'s update count with ``level`` in the level bits, held within them."""
+    return (word & ~_LEVEL_MASK) | min(max(level, 0), _LEVEL_MASK)
+
+
+# Index into STATUS_CLASSES of each HTTP status code; any other is "other" (5).
+STATUS_INDEX = {code: code // 100 - 1 for code in range(100, 600)}
 
 
 def status_index(status: int) -> int:
     """Index into STATUS_CLASSES for an HTTP status code."""
-    return status // 100 - 1 if 100 <= status < 600 else 5
+    return STATUS_INDEX.get(status, 5)
 
 
 def content_longer(length: str | bytes, limit: int) -> bool:
@@ -93,7 +112,10 @@ class Lane:
     def __init__(self, active: Active, index: int) -> None:
         self.active = active
         self.index = index
-        self.routes: dict[tuple[str, str], tuple[memoryview, int]] = {}
+        # route -> method -> (view, first value): two lookups of strings whose hashes are
+        # cached, cheaper than building and hashing a (route, method) key per request. Only the
+        # methods of METHODS are keys; any other finds no record and goes to route_record.
+        self.routes: dict[str, dict[str, tuple[memoryview, int]]] = {}
         # cpu_sample 0 starts the countdown at -1: it never reaches zero.
         self.countdown = active.cpu_sample or -1
         self.proc, self.proc_base = active.allocate(_store.PROCESS, "", index, PROCESS_VALUES)
@@ -104,9 +126,12 @@ class Lane:
         if start is not None:
             wait = now - start
             if 0.0 <= wait <= max_age:  # the common case, without a detour
-                ns = int(wait * 1e9)
+                ns = (wait * 1e9).__trunc__()  # int() of a float, without the type call
+                i = _FIRST_BUCKET[ns.bit_length()]
+                while ns > _BOUNDS[i]:
+                    i += 1
                 w, base = self.proc, self.proc_base
-                w[base + bucket_of(BUCKETS_NS, ns)] += 1
+                w[base + i] += 1
                 w[base + P_QUEUE_SUM] += ns
                 return
         self.queue_wait(*queue_wait_one(value, now, max_skew=max_skew, max_age=max_age))
@@ -126,11 +151,11 @@ class Lane:
     def request(
         self, route: str, method: str, status: int, duration: int, cpu: int | None = None
     ) -> None:
-        """Record a finished request. ``status`` is an index into STATUS_CLASSES; ``cpu`` is
-        the request's thread CPU time when it was sampled."""
-        if method not in METHODS:
-            method = "OTHER"
-        slot = self.routes.get((route, method))
+        """Record a finished request of ``duration`` ns. ``status`` is an index into
+        STATUS_CLASSES; ``cpu`` is the request's thread CPU time when it was sampled. The
+        middleware records through :meth:`Active.finish`, which writes the same values."""
+        methods = self.routes.get(route)
+        slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
         w, base = slot
@@ -140,15 +165,6 @@ class Lane:
         if cpu is not None:
             w[base + R_CPU] += cpu
             w[base + R_CPU_WALL] += duration
-
-    def cpu_start(self, cpu_clock: Callable[[], int]) -> int | None:
-        """The thread CPU time now, for 1 request in ``cpu_sample``; None for the others."""
-        n = self.countdown - 1
-        if n:
-            self.countdown = n
-            return None
-        self.countdown = self.active.cpu_sample
-        return cpu_clock()
 
     def loop_lag(self, seconds: float) -> None:
         """Record how late the event loop ran a callback that was due."""
@@ -180,20 +196,27 @@ class Active:
         self._routes: set[str] = set()
         self._alloc_failed = False
         self.level = 0
-        self.seq = 0
+        self.word = 0  # the level word as last committed: see begin
         self._enter = [0] * (_MAX_LEVEL + 1)
         self._above = [0] * (_MAX_LEVEL + 1)
         # Only threads share the level; an event loop or a sync worker needs no lock.
-        self._level_lock = threading.Lock()
+        self._level_lock = threading.Lock() if multithread else None
+        # A server that runs one request at a time (an event loop, a sync worker) has one lane,
+        # found without the thread-local lookup; threads each have their own.
+        self.single: Lane | None = None
+        if not multithread:
+            self.single = lane = Lane(self, 0)
+            self._lanes.append(lane)
         # The time of a level change is read inside the update (with threads, inside the
         # critical section), so changes are applied in the order of their times; the request's
         # duration is measured between the two changes.
         self._clock = recorder.clock
-        self.begin: Callable[[], int] = self._rise_locked if multithread else self._rise
-        self.end: Callable[[], int] = self._fall_locked if multithread else self._fall
+        self._cpu_clock = recorder.cpu_clock
 
     def lane(self) -> Lane:
         """This thread's lane."""
+        if self.single is not None:
+            return self.single
         try:
             return self.local.lane  # type: ignore[no-any-return]
         except AttributeError:
@@ -215,16 +238,22 @@ class Active:
     def route_record(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
         """A lane's record for a route, allocated on first use.
 
-        Past ``route_limit`` distinct routes, new ones share the lane's ``<other>`` record and are
+        Methods outside METHODS share one ``OTHER`` record and are not remembered. Past
+        ``route_limit`` distinct routes, new ones share the lane's ``<other>`` record and are
         not remembered, so neither the store nor the lane grows with them.
         """
+        if method not in METHODS:
+            method = "OTHER"
+            slot = lane.routes.get(route, {}).get(method)
+            if slot is not None:
+                return slot
         with self._lock:
             known = route in self._routes
             if not known and len(self._routes) < self.route_limit:
                 self._routes.add(route)
                 known = True
         if not known:
-            slot = lane.routes.get((OTHER, method))
+            slot = lane.routes.get(OTHER, {}).get(method)
             if slot is None:
                 slot = self._allocate(lane, OTHER, method)
             return slot
@@ -232,7 +261,7 @@ class Active:
 
     def _allocate(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
         slot = self.allocate(_store.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
-        lane.routes[(route, method)] = slot
+        lane.routes.setdefault(route, {})[method] = slot
         return slot
 
     def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> tuple[memoryview, int]:
@@ -250,62 +279,96 @@ class Active:
     # update is under way, so a scrape can tell a consistent state from a torn one. The time of
     # the change is read after the word turns odd: any scrape that saw the state before took
     # its own time earlier, so a counter it reported is never more than what is committed.
+    # The word is kept whole in ``self.word`` and moved by adding constants: no shift, mask or
+    # min() per update. Only a level past MAX_LEVEL (not recorded per level) takes _word().
+    #
+    # With threads, the clock call inside an update lets the interpreter switch threads while
+    # the lock is held. A thread that finds it taken hands the GIL back (sleep(0)) instead of
+    # sleeping on the lock, so the holder finishes at once rather than after a queue of woken
+    # threads. The lock is taken in the same function, not in a wrapper: one call per update.
 
-    def _rise(self) -> int:
+    def begin(self) -> int:
         """A request starts: the level rises by one. Returns the time of the change."""
-        h = self.header
-        level = self.level
-        seq = self.seq + 1
-        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
-        now = self._clock()
-        level += 1
-        if level <= _MAX_LEVEL:
-            self._enter[level] = now
-            h[_ENTER + level] = now
-        self.level = level
-        self.seq = seq = seq + 1
-        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
-        return now
-
-    def _fall(self) -> int:
-        """A request ends: time spent at the top level is banked and the level falls by one.
-        Returns the time of the change."""
-        h = self.header
-        level = self.level
-        seq = self.seq + 1
-        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
-        now = self._clock()
-        if 0 < level <= _MAX_LEVEL:
-            total = self._above[level] + now - self._enter[level]
-            self._above[level] = total
-            h[_ABOVE + level] = total
-        level -= 1
-        self.level = level
-        self.seq = seq = seq + 1
-        h[_H_LEVEL] = (seq << _LEVEL_BITS) | min(level, _LEVEL_MASK)
-        return now
-
-    # The clock call inside an update lets the interpreter switch threads while the lock is held.
-    # A thread that finds it taken hands the GIL back (sleep(0)) instead of sleeping on the lock,
-    # so the holder finishes at once rather than after a queue of woken threads.
-
-    def _rise_locked(self) -> int:
         lock = self._level_lock
-        while not lock.acquire(False):
-            time.sleep(0)
+        if lock is not None:
+            while not lock.acquire(False):
+                _sleep(0)
         try:
-            return self._rise()
+            h = self.header
+            word = self.word + _SEQ  # odd: under way
+            h[_H_LEVEL] = word
+            now = self._clock()
+            level = self.level + 1
+            self.level = level
+            if level <= _MAX_LEVEL:
+                self._enter[level] = now
+                h[_ENTER + level] = now
+                word += _RISE
+            else:
+                word = _word(word + _SEQ, level)
+            self.word = word
+            h[_H_LEVEL] = word
+            return now
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
 
-    def _fall_locked(self) -> int:
+    def end(self) -> int:
+        """The level falls by one; returns the time of the change. Records no request: the
+        middleware ends a request with :meth:`finish`."""
+        return self.finish(None, "", "", 0, 0, None)
+
+    def finish(
+        self, lane: Lane | None, route: str, method: str, status: int, t0: int, cpu0: int | None
+    ) -> int:
+        """A request ends: time spent at the top level is banked, the level falls by one, and
+        the request is recorded in ``lane`` as :meth:`Lane.request` would. ``t0`` is what
+        begin() returned, ``status`` an index into STATUS_CLASSES, ``cpu0`` the thread CPU time
+        at the start when it was sampled. Returns the time of the change.
+
+        One call for the fall and the recording, written out: this runs on every request.
+        """
         lock = self._level_lock
-        while not lock.acquire(False):
-            time.sleep(0)
+        if lock is not None:
+            while not lock.acquire(False):
+                _sleep(0)
         try:
-            return self._fall()
+            h = self.header
+            word = self.word + _SEQ  # odd: under way
+            h[_H_LEVEL] = word
+            now = self._clock()
+            level = self.level
+            self.level = level - 1
+            if 0 < level <= _MAX_LEVEL:
+                total = self._above[level] + now - self._enter[level]
+                self._above[level] = total
+                h[_ABOVE + level] = total
+                word += _FALL
+            else:
+                word = _word(word + _SEQ, level - 1)
+            self.word = word
+            h[_H_LEVEL] = word
         finally:
-            lock.release()
+            if lock is not None:
+                lock.release()
+        if lane is None:
+            return now
+        duration = now - t0
+        methods = lane.routes.get(route)
+        slot = methods.get(method) if methods is not None else None
+        if slot is None:
+            slot = self.route_record(lane, route, method)
+        w, base = slot
+        w[base + status] += 1
+        i = _FIRST_BUCKET[duration.bit_length()]
+        while duration > _BOUNDS[i]:
+            i += 1
+        w[base + R_DURATION + i] += 1
+        w[base + R_SUM] += duration
+        if cpu0 is not None:
+            w[base + R_CPU] += self._cpu_clock() - cpu0
+            w[base + R_CPU_WALL] += duration
+        return now
 
     def thread_pool(self, size: int, in_use: int) -> None:
         """Publish the size and use of the thread pool that runs an async app's sync code."""

@@ -98,6 +98,8 @@ def parse_timestamp(value: str) -> float | None:
         number = float(text) if "." in text or len(text) > 40 else float(int(text))
     except ValueError:
         return _parse_parts(value)
+    if _S < number <= _MS:  # seconds (nginx, Apache's t=%t in seconds): no further call
+        return number
     return _seconds(number)
 
 

@@ -34,6 +34,7 @@ _START_KEYS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
 _MOD_WSGI_KEYS = ("mod_wsgi.request_start", "mod_wsgi.queue_start")
 _QUEUE = "HTTP_X_QUEUE_START"
 _NO_BODY: tuple[bytes, ...] = ()
+_DONE: Iterator[bytes] = iter(())  # an iterator with nothing left
 _STATUS_BY_DIGIT = STATUS_BY_DIGIT
 _5XX = STATUS_BY_DIGIT["5"]
 _OTHER = 5
@@ -93,11 +94,19 @@ class WSGIMiddleware(Meter):
             if active is None:
                 unmeasured: Iterable[bytes] = self.app(environ, start_response)
                 return unmeasured
-        try:
-            lane = active.local.lane
-        except AttributeError:
-            lane = active.new_lane()
-        cpu0 = lane.cpu_start(self._cpu_clock)
+        lane = active.single
+        if lane is None:
+            try:
+                lane = active.local.lane
+            except AttributeError:
+                lane = active.new_lane()
+        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
+        if n:
+            lane.countdown = n
+            cpu0 = None
+        else:
+            lane.countdown = active.cpu_sample
+            cpu0 = self._cpu_clock()
         if self._start_keys is _START_KEYS and _QUEUE not in environ:
             start = environ.get("HTTP_X_REQUEST_START")
             if start is not None:
@@ -108,12 +117,23 @@ class WSGIMiddleware(Meter):
                     lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
         else:
             self._queue(environ, lane)
-        t0 = active.begin()
-        response = _Response(self, environ, lane, t0, cpu0, start_response)
+        # Filled in here rather than by an __init__: calling a class with one costs as much as
+        # the rest of this function's statements together.
+        response = _Response()
+        response.mw = self
+        response.environ = environ
+        response.lane = lane
+        response.cpu0 = cpu0
+        response.sr = start_response
+        response.status = _OTHER
+        response.route = None
+        response.items = None
+        response.t0 = active.begin()
         try:
             body = self.app(environ, response.start_response)
         except BaseException:
             response.status = _5XX
+            response.body = _NO_BODY
             response.close()
             raise
         response.body = body
@@ -166,27 +186,26 @@ class WSGIMiddleware(Meter):
 
 
 class _Response:
-    """Wraps ``start_response`` and the response body; the request ends when it is closed."""
+    """Wraps ``start_response`` and the response body; the request ends when it is closed.
 
-    __slots__ = (
-        "body", "cpu0", "done", "environ", "exhausted", "lane", "mw", "route", "sr", "status", "t0",
-    )  # fmt: skip
+    Made by ``WSGIMiddleware.__call__``, which sets every slot.
+    """
 
-    def __init__(
-        self, mw: WSGIMiddleware, environ: Environ, lane: Lane, t0: int, cpu0: int | None,
-        start_response: StartResponse,
-    ) -> None:  # fmt: skip
-        self.mw = mw
-        self.environ = environ
-        self.lane = lane
-        self.t0 = t0
-        self.cpu0 = cpu0
-        self.sr = start_response
-        self.status = _OTHER
-        self.body: Iterable[bytes] = _NO_BODY
-        self.done = False
-        self.exhausted = False
-        self.route: str | None = None
+    __slots__ = ("body", "cpu0", "environ", "items", "lane", "mw", "route", "sr", "status", "t0")
+
+    mw: WSGIMiddleware
+    environ: Environ
+    lane: Lane | None  # None once closed
+    t0: int
+    cpu0: int | None
+    sr: StartResponse
+    status: int
+    route: str | None
+    body: Iterable[bytes]
+    # What the server iterates: the body's own iterator when it is a list, _DONE once a
+    # streamed body has ended; None until then. Either iterator has a length hint, 0 at close()
+    # when the body was all sent (Any: typeshed has no type for a list's iterator).
+    items: Any
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
@@ -203,33 +222,43 @@ class _Response:
         return self.sr(status, headers, exc_info)
 
     def __iter__(self) -> Iterator[bytes]:
+        body = self.body
+        if type(body) is list:
+            # A list cannot fail while it is iterated, and its own iterator, cheaper than any
+            # wrapper, tells at close() whether the server got to the end of it.
+            self.items = items = iter(body)
+            return items
+        return self._stream(body)
+
+    def _stream(self, body: Iterable[bytes]) -> Iterator[bytes]:
         try:
-            yield from self.body
+            yield from body
         except Exception:  # the app failed while streaming: a 5xx, not a client going away
             self.status = _5XX
-            self.exhausted = True
+            self.items = _DONE
             raise
-        self.exhausted = True
+        self.items = _DONE
 
     def close(self) -> None:
-        if self.done:
+        lane = self.lane
+        if lane is None:  # closed already
             return
-        self.done = True
+        self.lane = None
+        body = self.body
         try:
-            close = getattr(self.body, "close", None)
+            close = getattr(body, "close", None)
             if close is not None:
                 close()
         finally:
-            mw = self.mw
-            t1 = self.lane.active.end()
-            cpu = mw._cpu_clock() - self.cpu0 if self.cpu0 is not None else None
-            try:
-                route = self.route or mw.route(self.environ) or UNMATCHED
-            except Exception:  # a user's route function must not break the response
-                log.exception("workermeter: route function failed")
-                route = UNMATCHED
-            lane = self.lane
-            if not self.exhausted and self.body is not _NO_BODY:
+            route = self.route
+            if not route:  # start_response was not called, or named none: ask again
+                try:
+                    route = self.mw.route(self.environ) or UNMATCHED
+                except Exception:  # a user's route function must not break the response
+                    log.exception("workermeter: route function failed")
+                    route = UNMATCHED
+            items = self.items
+            if body is not _NO_BODY and (items is None or items.__length_hint__()):
                 lane.count(P_DISCONNECTS)  # closed before the body was all sent
-            lane.request(route, self.environ.get("REQUEST_METHOD", ""), self.status,
-                         t1 - self.t0, cpu)  # fmt: skip
+            lane.active.finish(lane, route, self.environ.get("REQUEST_METHOD", ""), self.status,
+                               self.t0, self.cpu0)  # fmt: skip

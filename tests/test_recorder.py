@@ -1,0 +1,140 @@
+"""The recorder's hot path: the level word, the bucket walk and the one-call finish write what the
+plain code they replace would."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeClock
+from workermeter import store as s
+from workermeter.metrics import BUCKETS_NS
+from workermeter.recorder import (
+    METHODS,
+    NBUCKETS,
+    P_QUEUE,
+    P_QUEUE_SUM,
+    R_DURATION,
+    ROUTE_VALUES,
+    Active,
+    Lane,
+    Recorder,
+    status_index,
+)
+
+MASK = (1 << s.LEVEL_BITS) - 1
+
+# Every bucket bound, a nanosecond either side, zero, and a power of two of each bit length.
+DURATIONS = sorted(
+    {0, *(b + d for b in BUCKETS_NS for d in (-1, 0, 1)), *(1 << n for n in range(62))}
+)
+
+
+def record(lane: Lane, route: str, method: str = "GET") -> list[int]:
+    w, base = lane.routes[route][method]
+    return list(w[base : base + ROUTE_VALUES])
+
+
+def test_bucket_walk_is_bisect(recorder: Recorder, clock: FakeClock) -> None:
+    """finish() finds each duration's bucket as bisect_left over the bounds does."""
+    active = recorder.activate(multithread=False, capacity=1)
+    lane = active.lane()
+    for duration in DURATIONS:
+        route = f"/d{duration}"
+        t0 = active.begin()
+        clock.ns += duration
+        active.finish(lane, route, "GET", status_index(200), t0, None)
+        buckets = record(lane, route)[R_DURATION : R_DURATION + NBUCKETS]
+        assert buckets.index(1) == bisect.bisect_left(BUCKETS_NS, duration), duration
+        assert sum(buckets) == 1
+
+
+@pytest.mark.parametrize("ns", [b + d for b in BUCKETS_NS for d in (-1000, 0, 1000)])
+def test_queue_wait_bucket_is_bisect(recorder: Recorder, ns: int) -> None:
+    active = recorder.activate(multithread=False, capacity=1)
+    lane = active.lane()
+    start = 1_700_000_000.0
+    lane.request_start(f"t={start}", start + ns / 1e9, 2.0, 600.0)
+    w, base = lane.proc, lane.proc_base
+    buckets = list(w[base + P_QUEUE : base + P_QUEUE + NBUCKETS])
+    wait = int((start + ns / 1e9 - start) * 1e9)
+    assert buckets.index(1) == bisect.bisect_left(BUCKETS_NS, wait)
+    assert w[base + P_QUEUE_SUM] == wait
+
+
+@pytest.mark.parametrize("method", [*sorted(METHODS), "BREW", ""])
+@pytest.mark.parametrize("cpu", [None, 7_000])
+def test_finish_records_what_request_records(
+    make_recorder: Callable[..., Recorder], clock: FakeClock, method: str, cpu: int | None
+) -> None:
+    """The middleware's one-call finish() and Lane.request() write the same values."""
+    active = make_recorder().activate(multithread=False, capacity=1)
+    lane = active.lane()
+    cpu_clock = FakeClock(start_ns=0)
+    active._cpu_clock = cpu_clock
+    for status, duration in [(200, 3), (404, 2_500_000), (503, 12_345_678_901), (99, 0)]:
+        t0 = active.begin()
+        clock.ns += duration
+        cpu_clock.ns += cpu or 0
+        active.finish(lane, "/a", method, status_index(status), t0, 0 if cpu else None)
+        cpu_clock.ns = 0
+        lane.request("/b", method, status_index(status), duration, cpu)
+    stored = "OTHER" if method not in METHODS else method
+    assert record(lane, "/a", stored) == record(lane, "/b", stored)
+    assert set(lane.routes["/a"]) == {stored}  # a method outside METHODS is not remembered
+
+
+def level_word(active: Active) -> int:
+    return active.header[s.H_LEVEL]
+
+
+@pytest.mark.parametrize("multithread", [False, True], ids=["single", "threads"])
+def test_level_word_is_odd_while_an_update_is_under_way(tmp_path: Path, multithread: bool) -> None:
+    """The clock is read after the word turns odd, and the word is even again with the new
+    level after: what a scrape's sequence lock relies on (store._read_chunk0)."""
+    seen: list[int] = []
+    watched: list[Active] = []
+
+    def clock() -> int:  # notes the level word each time an update reads the time
+        seen.extend(level_word(a) for a in watched)
+        return 0
+
+    rec = Recorder(directory=tmp_path, clock=clock)
+    active = rec.activate(multithread=multithread, capacity=None)
+    watched.append(active)
+    lane = active.lane()
+    words = [level_word(active)]
+    for step in (+1, +1, -1, +1, -1, -1):
+        if step > 0:
+            active.begin()
+        else:
+            active.finish(lane, "/x", "GET", 1, 0, None)
+        words.append(level_word(active))
+    assert [w & MASK for w in words] == [0, 1, 2, 1, 2, 1, 0]
+    assert all(s._steady(w) for w in words)
+    assert all(not s._steady(w) for w in seen)
+    assert [w >> s.LEVEL_BITS for w in words] == list(range(0, 13, 2))
+    assert [w >> s.LEVEL_BITS for w in seen] == list(range(1, 12, 2))
+    assert [w & MASK for w in seen] == [0, 1, 2, 1, 2, 1]  # the level before the change
+
+
+def test_level_word_holds_levels_past_the_recorded_ones(tmp_path: Path) -> None:
+    """Past MAX_LEVEL the level is still exact, and past what LEVEL_BITS hold the word keeps
+    the largest level it can, without spilling into the update count."""
+    rec = Recorder(directory=tmp_path, clock=FakeClock())
+    active = rec.activate(multithread=False, capacity=None)
+    top = MASK + 3
+    for n in range(1, top + 1):
+        active.begin()
+        if n in (s.MAX_LEVEL, s.MAX_LEVEL + 1, MASK, top):
+            assert level_word(active) & MASK == min(n, MASK)
+            assert level_word(active) >> s.LEVEL_BITS == 2 * n
+    for n in range(top - 1, -1, -1):
+        active.end()
+        if n in (MASK + 1, MASK, MASK - 1, s.MAX_LEVEL, 0):
+            assert active.level == n
+            assert level_word(active) & MASK == min(n, MASK)
+            assert level_word(active) >> s.LEVEL_BITS == 2 * (2 * top - n)
