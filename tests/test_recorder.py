@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeClock
+from conftest import FakeClock, FakeWallClock
 from workermeter import store as s
 from workermeter.metrics import BUCKETS_NS
 from workermeter.recorder import (
@@ -53,14 +53,18 @@ def test_bucket_walk_is_bisect(recorder: Recorder, clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize("ns", [b + d for b in BUCKETS_NS for d in (-1000, 0, 1000)])
-def test_queue_wait_bucket_is_bisect(recorder: Recorder, ns: int) -> None:
+def test_queue_wait_bucket_is_bisect(
+    recorder: Recorder, wall_clock: FakeWallClock, ns: int
+) -> None:
+    """begin() finds each queue wait's bucket as bisect_left over the bounds does."""
     active = recorder.activate(multithread=False, capacity=1)
     lane = active.lane()
     start = 1_700_000_000.0
-    lane.request_start(f"t={start}", start + ns / 1e9, 2.0, 600.0)
+    wall_clock.now = start + ns / 1e9
+    active.begin(lane, f"t={start}", 2.0, 600.0)
     w, base = lane.proc, lane.proc_base
     buckets = list(w[base + P_QUEUE : base + P_QUEUE + NBUCKETS])
-    wait = int((start + ns / 1e9 - start) * 1e9)
+    wait = int((wall_clock.now - start) * 1e9)
     assert buckets.index(1) == bisect.bisect_left(BUCKETS_NS, wait)
     assert w[base + P_QUEUE_SUM] == wait
 

@@ -92,18 +92,17 @@ class ASGIMiddleware(Meter):
                 start = value if start is None else (start, value)
             elif name == b"content-length" and length is None:
                 length = value
+        one = None  # a single start value, recorded by begin()
         if start is not None:
             if length is not None and content_longer(length, self._upload_bytes):
                 lane.count(P_UPLOADS)
             elif type(start) is bytes:
-                lane.request_start(
-                    start.decode("latin-1"), self._wall_clock(), self._max_skew, self._max_age
-                )
+                one = start.decode("latin-1")
             else:
                 values = [v.decode("latin-1") for v in _flatten(start)]
                 lane.queue_wait(*queue_wait(values, self._wall_clock(), max_skew=self._max_skew,
                                             max_age=self._max_age))  # fmt: skip
-        t0 = active.begin()
+        t0 = active.begin(lane, one, self._max_skew, self._max_age)
         status = 0
         complete = False
 

@@ -120,22 +120,6 @@ class Lane:
         self.countdown = active.cpu_sample or -1
         self.proc, self.proc_base = active.allocate(_store.PROCESS, "", index, PROCESS_VALUES)
 
-    def request_start(self, value: str, now: float, max_skew: float, max_age: float) -> None:
-        """Record the queue wait told by one request-start value, or why it was not observed."""
-        start = parse_timestamp(value)
-        if start is not None:
-            wait = now - start
-            if 0.0 <= wait <= max_age:  # the common case, without a detour
-                ns = (wait * 1e9).__trunc__()  # int() of a float, without the type call
-                i = _FIRST_BUCKET[ns.bit_length()]
-                while ns > _BOUNDS[i]:
-                    i += 1
-                w, base = self.proc, self.proc_base
-                w[base + i] += 1
-                w[base + P_QUEUE_SUM] += ns
-                return
-        self.queue_wait(*queue_wait_one(value, now, max_skew=max_skew, max_age=max_age))
-
     def queue_wait(self, wait: float | None, problem: str | None) -> None:
         """Record the outcome of parsing the request-start headers."""
         w, base = self.proc, self.proc_base
@@ -212,6 +196,7 @@ class Active:
         # duration is measured between the two changes.
         self._clock = recorder.clock
         self._cpu_clock = recorder.cpu_clock
+        self._wall_clock = recorder.wall_clock
 
     def lane(self) -> Lane:
         """This thread's lane."""
@@ -287,8 +272,32 @@ class Active:
     # sleeping on the lock, so the holder finishes at once rather than after a queue of woken
     # threads. The lock is taken in the same function, not in a wrapper: one call per update.
 
-    def begin(self) -> int:
-        """A request starts: the level rises by one. Returns the time of the change."""
+    def begin(
+        self,
+        lane: Lane | None = None,
+        start: str | None = None,
+        max_skew: float = 2.0,
+        max_age: float = 600.0,
+    ) -> int:
+        """A request starts: the queue wait told by ``start``, its one request-start value, is
+        recorded in ``lane`` (or why it was not observed), and the level rises by one. Returns
+        the time of the change, for :meth:`finish`.
+
+        One call for both, written out: this runs on every request.
+        """
+        if start is not None and lane is not None:
+            now = self._wall_clock()
+            at = parse_timestamp(start)
+            if at is not None and 0.0 <= now - at <= max_age:  # the common case, no detour
+                ns = ((now - at) * 1e9).__trunc__()  # int() of a float, without the type call
+                i = _FIRST_BUCKET[ns.bit_length()]
+                while ns > _BOUNDS[i]:
+                    i += 1
+                w, base = lane.proc, lane.proc_base
+                w[base + i] += 1
+                w[base + P_QUEUE_SUM] += ns
+            else:
+                lane.queue_wait(*queue_wait_one(start, now, max_skew=max_skew, max_age=max_age))
         lock = self._level_lock
         if lock is not None:
             while not lock.acquire(False):
@@ -297,18 +306,18 @@ class Active:
             h = self.header
             word = self.word + _SEQ  # odd: under way
             h[_H_LEVEL] = word
-            now = self._clock()
+            now_ns = self._clock()
             level = self.level + 1
             self.level = level
             if level <= _MAX_LEVEL:
-                self._enter[level] = now
-                h[_ENTER + level] = now
+                self._enter[level] = now_ns
+                h[_ENTER + level] = now_ns
                 word += _RISE
             else:
                 word = _word(word + _SEQ, level)
             self.word = word
             h[_H_LEVEL] = word
-            return now
+            return now_ns
         finally:
             if lock is not None:
                 lock.release()

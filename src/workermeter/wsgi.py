@@ -108,15 +108,15 @@ class WSGIMiddleware(Meter):
             lane.countdown = active.cpu_sample
             cpu0 = self._cpu_clock()
         if self._start_keys is _START_KEYS and _QUEUE not in environ:
-            start = environ.get("HTTP_X_REQUEST_START")
+            start = environ.get("HTTP_X_REQUEST_START")  # recorded by begin() below
             if start is not None:
                 length = environ.get("CONTENT_LENGTH")
                 if length and length != "0" and content_longer(length, self._upload_bytes):
                     lane.count(P_UPLOADS)
-                else:
-                    lane.request_start(start, self._wall_clock(), self._max_skew, self._max_age)
+                    start = None
         else:
             self._queue(environ, lane)
+            start = None
         # Filled in here rather than by an __init__: calling a class with one costs as much as
         # the rest of this function's statements together.
         response = _Response()
@@ -128,7 +128,7 @@ class WSGIMiddleware(Meter):
         response.status = _OTHER
         response.route = None
         response.items = None
-        response.t0 = active.begin()
+        response.t0 = active.begin(lane, start, self._max_skew, self._max_age)
         try:
             body = self.app(environ, response.start_response)
         except BaseException:
