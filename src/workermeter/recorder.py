@@ -1,4 +1,5 @@
-"""The recorder: what the middleware calls at the start and end of every request.
+"""The recorder: what the middleware calls at the start and end of every request, one call each
+(``Active.begin`` and ``Active.finish``).
 
 Each thread records into its own *lane* of the process's region, so counters and histograms need
 no lock. Only the concurrency level (how many requests are in flight) is shared by the threads of
@@ -104,7 +105,8 @@ STATUS_BY_DIGIT = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
 class Lane:
     """One thread's records: a process record and one record per (route, method).
 
-    Only the thread that owns the lane writes to it.
+    Only the thread that owns the lane writes to it. A process whose requests never overlap
+    (a sync worker, an event loop) has a single lane, whichever thread serves.
     """
 
     __slots__ = ("active", "countdown", "index", "proc", "proc_base", "routes")
@@ -199,7 +201,7 @@ class Active:
         self._wall_clock = recorder.wall_clock
 
     def lane(self) -> Lane:
-        """This thread's lane."""
+        """This thread's lane (the process's single lane when requests never overlap)."""
         if self.single is not None:
             return self.single
         try:
@@ -286,10 +288,10 @@ class Active:
         One call for both, written out: this runs on every request.
         """
         if start is not None and lane is not None:
-            now = self._wall_clock()
+            wall = self._wall_clock()
             at = parse_timestamp(start)
-            if at is not None and 0.0 <= now - at <= max_age:  # the common case, no detour
-                ns = ((now - at) * 1e9).__trunc__()  # int() of a float, without the type call
+            if at is not None and 0.0 <= wall - at <= max_age:  # the common case, no detour
+                ns = ((wall - at) * 1e9).__trunc__()  # int() of a float, without the type call
                 i = _FIRST_BUCKET[ns.bit_length()]
                 while ns > _BOUNDS[i]:
                     i += 1
@@ -297,7 +299,7 @@ class Active:
                 w[base + i] += 1
                 w[base + P_QUEUE_SUM] += ns
             else:
-                lane.queue_wait(*queue_wait_one(start, now, max_skew=max_skew, max_age=max_age))
+                lane.queue_wait(*queue_wait_one(start, wall, max_skew=max_skew, max_age=max_age))
         lock = self._level_lock
         if lock is not None:
             while not lock.acquire(False):
@@ -306,18 +308,18 @@ class Active:
             h = self.header
             word = self.word + _SEQ  # odd: under way
             h[_H_LEVEL] = word
-            now_ns = self._clock()
+            now = self._clock()
             level = self.level + 1
             self.level = level
             if level <= _MAX_LEVEL:
-                self._enter[level] = now_ns
-                h[_ENTER + level] = now_ns
+                self._enter[level] = now
+                h[_ENTER + level] = now
                 word += _RISE
             else:
                 word = _word(word + _SEQ, level)
             self.word = word
             h[_H_LEVEL] = word
-            return now_ns
+            return now
         finally:
             if lock is not None:
                 lock.release()
