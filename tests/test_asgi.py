@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -420,6 +421,20 @@ def test_openmetrics_when_asked(recorder: Recorder) -> None:
     assert headers[b"content-type"].startswith(b"application/openmetrics-text")
     assert exchange.body.endswith(b"# EOF\n")
     assert int(headers[b"content-length"]) == len(exchange.body)
+
+
+def test_metrics_gzipped_and_selected_when_asked(recorder: Recorder) -> None:
+    mw = ASGIMiddleware(ok_app, recorder=recorder)
+    run(mw, http_scope())
+    scope = http_scope("/metrics", headers=[(b"accept-encoding", b"gzip")])
+    scope["query_string"] = b"name[]=workermeter_requests_total"
+    exchange = run(mw, scope)
+    headers = dict(exchange.sent[0]["headers"])
+    assert (exchange.status, headers[b"content-encoding"]) == (200, b"gzip")
+    assert int(headers[b"content-length"]) == len(exchange.body)
+    samples = parse(gzip.decompress(exchange.body))
+    assert {name for name, _ in samples} == {"workermeter_requests_total"}
+    assert value(samples, REQUESTS, route="<unmatched>", method="GET", status="2xx") == 1
 
 
 def test_metrics_under_a_root_path(recorder: Recorder) -> None:

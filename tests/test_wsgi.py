@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import sys
@@ -438,6 +439,25 @@ def test_head_metrics_has_no_body(recorder: Recorder) -> None:
     mw = WSGIMiddleware(ok_app, recorder=recorder)
     call = get(mw, make_environ("/metrics", "HEAD"))
     assert (call.status, call.body) == ("200 OK", b"")
+
+
+def test_metrics_gzipped_and_selected_when_asked(recorder: Recorder) -> None:
+    mw = WSGIMiddleware(ok_app, recorder=recorder)
+    get(mw, make_environ("/"))
+    call = get(
+        mw,
+        make_environ(
+            "/metrics",
+            HTTP_ACCEPT_ENCODING="gzip, deflate",
+            QUERY_STRING="name[]=workermeter_requests_total&name[]=workermeter_workers",
+        ),
+    )
+    headers = dict(call.headers)
+    assert (call.status, headers["Content-Encoding"]) == ("200 OK", "gzip")
+    assert int(headers["Content-Length"]) == len(call.body)
+    samples = parse(gzip.decompress(call.body))
+    assert {name for name, _ in samples} == {"workermeter_requests_total", "workermeter_workers"}
+    assert value(samples, REQUESTS, route="<unmatched>", method="GET", status="2xx") == 1
 
 
 def test_metrics_path_none_passes_through_to_the_app(recorder: Recorder) -> None:

@@ -179,29 +179,29 @@ class ASGIMiddleware(Meter):
             auth.decode("latin-1") if auth is not None else None,
         )
         if ok:
-            accept = headers.get(b"accept")
-            body, content_type = self.exposition.render(
-                accept.decode("latin-1") if accept is not None else None
+
+            def header(name: bytes) -> str | None:
+                value = headers.get(name)
+                return value.decode("latin-1") if value is not None else None
+
+            status, head, body = self.exposition.respond(
+                scope.get("method"),
+                header(b"accept"),
+                header(b"accept-encoding"),
+                scope.get("query_string", b"").decode("latin-1"),
             )
-            status = 200
         else:
-            body, content_type, status = b"Not Found\n", "text/plain", 404
+            status = "404 Not Found"
+            head = [("Content-Type", "text/plain"), ("Content-Length", "10")]
+            body = b"Not Found\n"
         await send(
             {
                 "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", content_type.encode()),
-                    (b"content-length", str(len(body)).encode()),
-                ],
+                "status": int(status[:3]),
+                "headers": [(k.lower().encode(), v.encode()) for k, v in head],
             }
         )
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"" if scope.get("method") == "HEAD" else body,
-            }
-        )
+        await send({"type": "http.response.body", "body": body})
 
 
 def _flatten(start: Any) -> list[bytes]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
 import psutil
 
@@ -284,3 +286,23 @@ class Exposition:
         if chosen.escaping not in KEEPS_NAMES:  # rare: left to prometheus_client
             return encode_with_client(families, accept), chosen.content_type
         return render(families, openmetrics=chosen.openmetrics), chosen.content_type
+
+    def respond(
+        self,
+        method: str | None,
+        accept: str | None,
+        accept_encoding: str | None = None,
+        query: str = "",
+    ) -> tuple[str, list[tuple[str, str]], bytes]:
+        """The whole answer to a scrape: status, headers and body (empty for HEAD). Compressed
+        when the scraper accepts gzip, as Prometheus does; ``?name[]=NAME`` selects metrics."""
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")], b""
+        body, content_type = self.render(accept, parse_qs(query).get("name[]"))
+        headers = [("Content-Type", content_type)]
+        if accept_encoding and "gzip" in accept_encoding:
+            # Level 1: a 64-worker exposition (~1 MB) in 2 ms, 9 would take 30 ms for 20% less.
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        return "200 OK", headers, b"" if method == "HEAD" else body

@@ -178,11 +178,14 @@ class WSGIMiddleware(Meter):
                 "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
             )
             return [b"Not Found\n"]
-        body, content_type = self.exposition.render(environ.get("HTTP_ACCEPT"))
-        start_response(
-            "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        status, headers, body = self.exposition.respond(
+            environ.get("REQUEST_METHOD"),
+            environ.get("HTTP_ACCEPT"),
+            environ.get("HTTP_ACCEPT_ENCODING"),
+            environ.get("QUERY_STRING", ""),
         )
-        return [b"" if environ.get("REQUEST_METHOD") == "HEAD" else body]
+        start_response(status, headers)
+        return [body]
 
 
 class _Response:
