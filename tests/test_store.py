@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import functools
 import logging
 import os
@@ -282,6 +283,37 @@ def test_many_routes_spill_into_more_chunks(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob(f"w0-{os.getpid()}-*.wm"))) >= 2
     snap = s.Store(tmp_path, clock=clock).collect()
     assert sum(route_count(snap, f"/r{i}") for i in range(3000)) == 3000
+
+
+def test_one_store_reads_records_added_between_scrapes(tmp_path: Path) -> None:
+    """A store remembers where each worker's records lie; what is appended after a scrape,
+    in the same chunk or in a new one, is read by the next, and nothing twice."""
+    clock = Clock()
+    store = s.Store(tmp_path, clock=clock)
+    rec = Recorder(directory=tmp_path, clock=clock, route_limit=5000)
+    record(rec, "/a", 2)
+    assert route_count(store.collect(), "/a") == 2
+    record(rec, "/a", 3)  # the same record, new values
+    record(rec, "/b", 1)  # a new record after the ones already read
+    snap = store.collect()
+    assert (route_count(snap, "/a"), route_count(snap, "/b")) == (5, 1)
+    for i in range(3000):  # past the first chunk
+        record(rec, f"/r{i}", 1)
+    snap = store.collect()
+    assert len(list(tmp_path.glob(f"w0-{os.getpid()}-*.wm"))) >= 2
+    assert sum(route_count(snap, f"/r{i}") for i in range(3000)) == 3000
+    assert (route_count(snap, "/a"), route_count(snap, "/b")) == (5, 1)
+
+
+def test_records_of_another_length_add_the_values_both_have() -> None:
+    snap = s.Snapshot()
+    for values in ([1, 2, 3], [10, 20, 30], [100, 200], [1000, 2000, 3000, 4000]):
+        snap.add_record(s.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
+    assert snap.records[(s.ROUTE, "k")] == [1111, 2222, 3033]
+    same = s.Snapshot()
+    for values in ([1, 2], [3, 4], [5, 6]):
+        same.add_record(s.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
+    assert same.records[(s.ROUTE, "k")] == [9, 12]
 
 
 def test_stores_of_gone_servers_are_swept(tmp_path: Path) -> None:
