@@ -7,7 +7,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import psutil
@@ -306,3 +306,16 @@ class Exposition:
             headers.append(("Content-Encoding", "gzip"))
         headers.append(("Content-Length", str(len(body))))
         return "200 OK", headers, b"" if method == "HEAD" else body
+
+    def wsgi(
+        self, environ: dict[str, Any], start_response: Callable[..., object]
+    ) -> Iterable[bytes]:
+        """Answer a scrape as a WSGI app, whatever its path."""
+        status, headers, body = self.respond(
+            environ.get("REQUEST_METHOD"),
+            environ.get("HTTP_ACCEPT"),
+            environ.get("HTTP_ACCEPT_ENCODING"),
+            environ.get("QUERY_STRING", ""),
+        )
+        start_response(status, headers)
+        return [body]

@@ -23,18 +23,7 @@ CLIENT_TIMEOUT = 10.0  # seconds a scraper may take to send its request
 
 def metrics_app(exposition: Exposition) -> WSGIApp:
     """A WSGI app that answers GET and HEAD on any path with the metrics."""
-
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status, headers, body = exposition.respond(
-            environ.get("REQUEST_METHOD"),
-            environ.get("HTTP_ACCEPT"),
-            environ.get("HTTP_ACCEPT_ENCODING"),
-            environ.get("QUERY_STRING", ""),
-        )
-        start_response(status, headers)
-        return [body]
-
-    return app
+    return exposition.wsgi
 
 
 class QuietHandler(WSGIRequestHandler):

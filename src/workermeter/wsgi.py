@@ -178,14 +178,7 @@ class WSGIMiddleware(Meter):
                 "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
             )
             return [b"Not Found\n"]
-        status, headers, body = self.exposition.respond(
-            environ.get("REQUEST_METHOD"),
-            environ.get("HTTP_ACCEPT"),
-            environ.get("HTTP_ACCEPT_ENCODING"),
-            environ.get("QUERY_STRING", ""),
-        )
-        start_response(status, headers)
-        return [body]
+        return self.exposition.wsgi(environ, start_response)
 
 
 class _Response:
