@@ -19,7 +19,6 @@ from workermeter.exposition import (
     allowed,
     host_usage,
     private_client,
-    process_usage,
 )
 from workermeter.recorder import Recorder, status_index
 
@@ -55,7 +54,7 @@ def test_token_opens_to_anyone_and_is_compared_exactly() -> None:
 
 
 def test_process_usage_reads_this_process() -> None:
-    usage = process_usage(os.getpid())
+    usage = ProcessUsage()([os.getpid()]).get(os.getpid())
     assert usage is not None
     rss, uss, cpu = usage
     me = psutil.Process()
@@ -69,7 +68,7 @@ def test_process_usage_of_a_gone_process_is_none() -> None:
     if pid == 0:  # pragma: no cover - the child
         os._exit(0)
     os.waitpid(pid, 0)
-    assert process_usage(pid) is None
+    assert ProcessUsage()([pid]).get(pid) is None
 
 
 class _Clock:

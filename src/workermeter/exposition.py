@@ -25,11 +25,15 @@ from .textformat import (
     encode_with_client,
     negotiate,
     render,
-    sample_names,
 )
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+
+
+def _names_of(metric: m.Metric) -> set[str]:
+    """The names that select a metric in ``?name[]=``: its own and its samples'."""
+    return {metric.name, *m.sample_names(metric)}
 
 
 def _histogram(values: list[int], start: int) -> list[int]:
@@ -259,11 +263,6 @@ def _uss(proc: psutil.Process) -> int:
         return 0
 
 
-def process_usage(pid: int) -> tuple[int, int, float] | None:
-    """(RSS bytes, USS bytes, CPU seconds) of a process now, or None if it is gone."""
-    return ProcessUsage(uss_every=0)([pid]).get(pid)
-
-
 def host_usage() -> tuple[int, int, int]:
     """(total memory, available memory, logical CPUs) of this host."""
     vm = psutil.virtual_memory()
@@ -281,7 +280,7 @@ class Exposition:
         keeps only the metrics with a sample of one of those names."""
         families = self.collector.families()
         if names is not None:
-            families = [f for f in families if not sample_names(f.metric).isdisjoint(names)]
+            families = [f for f in families if not _names_of(f.metric).isdisjoint(names)]
         chosen = negotiate(accept)
         if chosen.escaping not in KEEPS_NAMES:  # rare: left to prometheus_client
             return encode_with_client(families, accept), chosen.content_type

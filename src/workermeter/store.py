@@ -344,9 +344,11 @@ def _read_fd(fd: int, path: Path) -> memoryview | None:
     return memoryview(data).cast("q")
 
 
-Layout = tuple[int, tuple[tuple[int, str, int, int], ...]]
-"""Where a chunk's records are: the word parsing stopped at, and each record's kind, key and
-values' first and end words. A record never moves once written."""
+Records = tuple[tuple[int, str, int, int], ...]
+"""Each record's kind, key, and the first and end words of its values."""
+Layout = tuple[int, Records]
+"""Where a chunk's records are: the word parsing stopped at, and the records before it. A
+record never moves once written."""
 
 
 def _layout(words: memoryview, first: int, path: Path, known: Layout | None = None) -> Layout:
@@ -514,9 +516,7 @@ class Store:
 
     def _read_all(self) -> tuple[Snapshot, bool]:
         snap = Snapshot()
-        archive = _read_words(self.directory / "archive.wm")
-        if archive is not None:
-            self._merge(snap, archive, HEADER_WORDS, self.directory / "archive.wm")
+        self._merge_archive(snap, self.directory / "archive.wm")
         dead = False
         groups = self._chunk_files()
         for (slot, _pid, _token), paths in sorted(groups.items()):
@@ -566,19 +566,27 @@ class Store:
                 if chunk is None:
                     continue
                 words = chunk
-            self._merge(snap, words, FIRST_RECORD if index == 0 else HEADER_WORDS, path)
-
-    def _merge(self, snap: Snapshot, words: memoryview, first: int, path: Path) -> None:
-        if path.name == "archive.wm":  # rewritten by every fold
-            records = _layout(words, first, path)[1]
-        else:  # a worker's chunk: records are only ever appended
-            # The name holds a random token: no other worker's chunk ever has it.
+            # A worker's records are only ever appended: parse only those new since the last
+            # scrape. The name holds a random token: no other worker's chunk ever has it.
             known = self._layouts.get(path.name)
             if known is not None and known[0] > len(words):
                 known = None  # shorter than when last read: not the file it was
-            layout = _layout(words, first, path, known)
-            self._layouts[path.name] = layout
-            records = layout[1]
+            first = FIRST_RECORD if index == 0 else HEADER_WORDS
+            layout = self._layouts[path.name] = _layout(words, first, path, known)
+            self._merge(snap, words, layout[1], path)
+
+    def _merge_archive(self, snap: Snapshot, path: Path) -> None:
+        archive = _read_words(path)
+        if archive is not None:  # rewritten by every fold: parsed whole each time
+            self._merge(snap, archive, _layout(archive, HEADER_WORDS, path)[1], path)
+
+    def _merge(
+        self,
+        snap: Snapshot,
+        words: memoryview,
+        records: Records,
+        path: Path,
+    ) -> None:
         for kind, key, start, end in records:
             values = words[start:end]
             if kind == FOLDED:
@@ -601,9 +609,7 @@ class Store:
         """
         archive_path = self.directory / "archive.wm"
         snap = Snapshot()
-        archive = _read_words(archive_path)
-        if archive is not None:
-            self._merge(snap, archive, HEADER_WORDS, archive_path)
+        self._merge_archive(snap, archive_path)
         previously = snap.folded
         snap.folded = set()
         doomed: list[list[Path]] = []

@@ -160,15 +160,6 @@ def encode_with_client(families: list[Family], accept: str | None) -> bytes:
     return encoder(registry)
 
 
-def sample_names(metric: m.Metric) -> set[str]:
-    """The names a metric's samples go by, any of which selects it in ``?name[]=``."""
-    if metric.kind == "counter":
-        return {metric.name, f"{metric.name}_total"}
-    if metric.kind == "histogram":
-        return {metric.name, *(f"{metric.name}_{s}" for s in ("bucket", "count", "sum"))}
-    return {metric.name}
-
-
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
