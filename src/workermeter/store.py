@@ -313,7 +313,9 @@ def _sum_columns(parts: list[memoryview]) -> list[int]:
     return [sum(p[i] for p in parts if i < len(p)) for i in range(width)]
 
 
-def _read_words(path: Path) -> memoryview | None:
+def _read_words(path: Path, *, whole: bool = True) -> memoryview | None:
+    """A store file's words up to what its header says is used; with ``whole=False`` only its
+    header, once the file is known to hold all of them. None for a file that is not one."""
     try:
         fd = _open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:  # vanished between listing and opening: just folded away
@@ -322,12 +324,12 @@ def _read_words(path: Path) -> memoryview | None:
         _warn_once(path, e.strerror or str(e))
         return None
     try:
-        return _read_fd(fd, path)
+        return _read_fd(fd, path, whole=whole)
     finally:
         os.close(fd)
 
 
-def _read_fd(fd: int, path: Path) -> memoryview | None:
+def _read_fd(fd: int, path: Path, *, whole: bool = True) -> memoryview | None:
     head = os.pread(fd, HEADER_WORDS * 8, 0)
     if len(head) < HEADER_WORDS * 8:
         _warn_once(path, "too short")
@@ -337,6 +339,11 @@ def _read_fd(fd: int, path: Path) -> memoryview | None:
     if h[H_MAGIC] != MAGIC or not HEADER_WORDS <= used <= CHUNK_WORDS:
         _warn_once(path, "not a workermeter store file")
         return None
+    if not whole:
+        if os.fstat(fd).st_size < used * 8:
+            _warn_once(path, "truncated")
+            return None
+        return h
     data = os.pread(fd, used * 8, 0)
     if len(data) < used * 8:
         _warn_once(path, "truncated")
@@ -511,7 +518,7 @@ class Store:
         return {
             k: v
             for k, v in groups.items()
-            if v[0].name.endswith("-0.wm") and _read_words(v[0]) is not None
+            if v[0].name.endswith("-0.wm") and _read_words(v[0], whole=False) is not None
         }
 
     def _read_all(self) -> tuple[Snapshot, bool]:
@@ -638,7 +645,7 @@ class Store:
 
 
 def _identity(path: Path) -> str | None:
-    words = _read_words(path)
+    words = _read_words(path, whole=False)
     if words is None:
         return None
     return f"{path.name}@{words[H_START_WALL_NS]}"
