@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import stat
+import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -227,13 +228,19 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
     (tmp_path / "w8-2-0badf00d-0.wm").symlink_to("/etc/passwd")
     (tmp_path / "archive.wm").write_bytes(b"\0" * 64)
     (tmp_path / "unrelated.txt").write_text("hello")
+    # A header that claims more words than the file holds, of a worker that is not running.
+    header = [0] * s.HEADER_WORDS
+    header[s.H_MAGIC], header[s.H_USED] = s.MAGIC, s.HEADER_WORDS + 100
+    (tmp_path / "w9-3-0badf00d-0.wm").write_bytes(struct.pack(f"<{s.HEADER_WORDS}q", *header))
     with caplog.at_level(logging.WARNING, logger="workermeter"):
         snap = s.Store(tmp_path, clock=clock).collect()
     assert route_count(snap, "/ok") == 2
     text = caplog.text
     assert "w7-1-0badf00d-0.wm" in text and "not a workermeter store file" in text
     assert "w8-2-0badf00d-0.wm" in text
+    assert "w9-3-0badf00d-0.wm: truncated" in text
     assert (tmp_path / "w7-1-0badf00d-0.wm").exists()  # left alone, not deleted
+    assert (tmp_path / "w9-3-0badf00d-0.wm").exists()
 
 
 def test_levels_are_exact(tmp_path: Path) -> None:
