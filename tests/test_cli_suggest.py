@@ -155,19 +155,6 @@ class NotMetrics(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def html_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMetrics)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     code = main(argv)
     out, err = capsys.readouterr()
@@ -223,7 +210,7 @@ def test_bad_input_is_one_line(
 
 
 def test_not_a_workermeter_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
-    with html_server() as url:
+    with servers.handler_server(NotMetrics) as url:
         err = one_line_error(capsys, ["suggest", "--metrics", url, "--for", "1s"])
         assert f"{url}/metrics: not Prometheus metrics" in err
         err = one_line_error(capsys, ["suggest", "--prometheus", url])

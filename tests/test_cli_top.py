@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,25 +140,12 @@ class NotMetrics(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def not_found_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMetrics)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
 def test_down_or_not_workermeter_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["top", "http://127.0.0.1:9", "--once"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err == "workermeter: cannot reach http://127.0.0.1:9/metrics: connection refused\n"
-    with not_found_server() as url:
+    with servers.handler_server(NotMetrics) as url:
         assert main(["top", url, "--once"]) == 2
     out, err = capsys.readouterr()
     assert err.startswith(f"workermeter: {url}/metrics answered HTTP 404 ")
