@@ -327,9 +327,13 @@ class Targets:
         bursts; 1.0 turns the target off (it never bounds the queue).
     :param wait: the longest queue wait in seconds allowed at ``wait_quantile``, or None.
     :param wait_quantile: which requests ``wait`` is for: 0.95 means 95 % of them.
+    :param loop_utilisation: the share of time each event loop (one async worker process) may
+        be busy, in (0, 1]: lower than ``utilisation``, because one loop is one server with a
+        queue of its own (see docs/capacity.md).
     """
 
     utilisation: float = 0.8
+    loop_utilisation: float = 0.6
     wait: float | None = None
     wait_quantile: float = 0.95
 
@@ -337,6 +341,11 @@ class Targets:
         target = _real("utilisation", self.utilisation, "a share in (0, 1], e.g. 0.8", 0.0, 1.0)
         if target == 0:
             raise ValueError("utilisation must be a share in (0, 1], e.g. 0.8, got 0")
+        loop = _real(
+            "loop_utilisation", self.loop_utilisation, "a share in (0, 1], e.g. 0.6", 0.0, 1.0
+        )
+        if loop == 0:
+            raise ValueError("loop_utilisation must be a share in (0, 1], e.g. 0.6, got 0")
         if self.wait is not None:
             _real("wait", self.wait, "seconds of queue wait >= 0 (or None)", 0.0)
         _quantile(self.wait_quantile)

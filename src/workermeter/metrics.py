@@ -118,6 +118,56 @@ LOOP_LAG = Metric(
     "seconds",
     "How late an ASGI worker's event loop ran a timer that was due: time the loop was blocked.",
 )
+LOOP_BUSY = Metric(
+    "workermeter_event_loop_busy_seconds",
+    "counter",
+    ("worker", "method"),
+    "seconds",
+    "Seconds the worker's event loop was not waiting for I/O: running callbacks, CPU-bound code "
+    "and blocking calls. rate() of it over rate() of the seconds observed is event-loop "
+    "utilisation (ELU). `method`: asyncio (timed selector), uvloop (libuv idle time), gevent "
+    "(hub prepare/check watchers), lag_estimate (share of late probes, where no hook exists).",
+)
+LOOP_OBSERVED = Metric(
+    "workermeter_event_loop_observed_seconds",
+    "counter",
+    ("worker", "method"),
+    "seconds",
+    "Seconds the worker's event loop has been measured, from when the meter was installed: its "
+    "rate() is below 1 for a worker not measured for the whole window.",
+)
+LOOP_HELD = Metric(
+    "workermeter_sampled_event_loop_seconds",
+    "counter",
+    ("route",),
+    "seconds",
+    "Event-loop time the sampled requests of a route held the loop (their own steps, async "
+    "workers only); with the sampled CPU seconds it tells a blocking call (held, not CPU) from "
+    "CPU-bound code.",
+)
+POOL_BUSY = Metric(
+    "workermeter_thread_pool_busy_seconds",
+    "counter",
+    _WORKER,
+    "seconds",
+    "Thread-seconds the pool that runs an async app's sync code had its threads taken: rate() "
+    "of it over the pool size is the pool's utilisation.",
+)
+POOL_WAITING = Metric(
+    "workermeter_thread_pool_waiting_tasks",
+    "gauge",
+    _WORKER,
+    "tasks",
+    "Tasks waiting for a thread of that pool right now.",
+)
+POOL_WAIT = Metric(
+    "workermeter_thread_pool_wait_seconds",
+    "counter",
+    _WORKER,
+    "seconds",
+    "Task-seconds spent waiting for a thread of that pool: above 0, the pool, not the loop, "
+    "is the limit.",
+)
 POOL_SIZE = Metric(
     "workermeter_thread_pool_size",
     "gauge",
@@ -130,7 +180,7 @@ POOL_IN_USE = Metric(
     "gauge",
     _WORKER,
     "threads",
-    "Threads of that pool in use when last sampled: at the size, the pool is exhausted.",
+    "Threads of that pool in use right now: at the size, the pool is exhausted.",
 )
 CAPACITY = Metric(
     "workermeter_capacity_threads",
@@ -266,7 +316,8 @@ HOST_CPUS = Metric(
 
 METRICS: tuple[Metric, ...] = (
     REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS, CPU, CPU_WALL,
-    DISCONNECTS, WEBSOCKETS, LOOP_LAG, POOL_SIZE, POOL_IN_USE, CAPACITY, CAPACITY_KNOWN,
+    DISCONNECTS, WEBSOCKETS, LOOP_LAG, LOOP_BUSY, LOOP_OBSERVED, LOOP_HELD, POOL_SIZE,
+    POOL_IN_USE, POOL_BUSY, POOL_WAITING, POOL_WAIT, CAPACITY, CAPACITY_KNOWN,
     IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID, WORKERS,
     RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, LISTEN_BACKLOG_LIMIT, HOST_MEMORY, HOST_AVAILABLE,
     HOST_CPUS,
