@@ -265,7 +265,11 @@ def test_lifespan_passes_through_untouched(recorder: Recorder) -> None:
     assert seen[0][2] is send
     assert sent == [{"type": "lifespan.startup.complete"}]
     s = scrape(mw)
-    assert value(s, "workermeter_workers") == 0  # nothing recorded, nothing even attached
+    # Ready to serve: the worker counts from its startup, before any request, and its loop is
+    # measured from then on.
+    assert value(s, "workermeter_workers") == 1
+    assert ("workermeter_event_loop_observed_seconds_total",
+            frozenset({("worker", "0"), ("method", "asyncio")})) in s  # fmt: skip
     assert total(s, REQUESTS) == 0
 
 

@@ -224,7 +224,7 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
     clock = Clock()
     rec = Recorder(directory=tmp_path, clock=clock)
     record(rec, "/ok", 2)
-    (tmp_path / "w7-1-0badf00d-0.wm").write_bytes(b"not a store file at all" * 10)
+    (tmp_path / "w7-1-0badf00d-0.wm").write_bytes(b"not a store file at all" * 20)
     (tmp_path / "w8-2-0badf00d-0.wm").symlink_to("/etc/passwd")
     (tmp_path / "archive.wm").write_bytes(b"\0" * 64)
     (tmp_path / "unrelated.txt").write_text("hello")

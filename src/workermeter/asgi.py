@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
+from . import eventloop, threadpool
 from .access import allowed
 from .integrations import route_from_scope
 from .options import Meter
@@ -40,8 +41,10 @@ class ASGIMiddleware(Meter):
     """Measures every HTTP request of an ASGI application: queue wait, service time, CPU share,
     concurrency and busy time, written to a store that all worker processes share.
 
-    A request ends when the application returns. Lifespan events pass through untouched;
-    WebSocket connections pass through and are counted as open connections, not requests.
+    A request ends when the application returns. The worker counts from its lifespan startup
+    (before its first request), which also starts measuring its event loop's utilisation; the
+    lifespan events pass through untouched. WebSocket connections pass through and are counted
+    as open connections, not requests.
     ``GET /metrics`` is answered as by :class:`~workermeter.WSGIMiddleware`, with the same options.
 
     FastAPI / Starlette::
@@ -64,6 +67,8 @@ class ASGIMiddleware(Meter):
             if kind == "websocket":
                 await self._websocket(scope, receive, send)
             else:
+                if kind == "lifespan" and self.recorder.active is None:
+                    self._activate()  # ready to serve: count from now, measure the loop
                 await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -78,13 +83,13 @@ class ASGIMiddleware(Meter):
             await self.app(scope, receive, send)
             return
         lane = active.single or active.lane()
-        n = lane.countdown - 1  # 1 request in cpu_sample has its CPU time measured
+        n = lane.countdown - 1  # 1 request in cpu_sample has its steps timed
         if n:
             lane.countdown = n
-            cpu0 = None
+            sampled = False
         else:
             lane.countdown = active.cpu_sample
-            cpu0 = self._cpu_clock()
+            sampled = True
         start: Any = None
         length = None
         for name, value in scope["headers"]:
@@ -117,8 +122,15 @@ class ASGIMiddleware(Meter):
                 complete = True
             return send(message)
 
+        steps = None
         try:
-            await self.app(scope, receive, send_)
+            if sampled:
+                steps = _Steps(
+                    self.app(scope, receive, send_), self.recorder.clock, self._cpu_clock
+                )
+                await steps
+            else:
+                await self.app(scope, receive, send_)
         except BaseException:
             status = 500
             raise
@@ -130,29 +142,36 @@ class ASGIMiddleware(Meter):
                 route = UNMATCHED
             if not complete and status != 500:
                 lane.count(P_DISCONNECTS)
-            active.finish(lane, route, scope.get("method", ""), _STATUS_INDEX.get(status, 5),
-                          t0, cpu0)  # fmt: skip
+            method = scope.get("method", "")
+            now = active.finish(lane, route, method, _STATUS_INDEX.get(status, 5), t0, None)
+            if steps is not None:
+                lane.sampled(route, method, steps.cpu, steps.held, now - t0)
 
     def _activate(self) -> Active | None:
-        rec = self.recorder
         # The frame that called __call__ belongs to the server (or to middleware above us).
         found = detect(None, sys._getframe(1).f_back)
-        if found.threads is None and rec.threads is None:
-            log.warning(
-                "workermeter: %s sets no limit on the requests a worker serves at once; pass "
-                "threads=N to ASGIMiddleware for utilisation to be computed",
-                found.server,
-            )
         # Requests of one event loop run in one thread: the level needs no lock.
         active = self._attach(multithread=False, capacity=found.threads)
         if active is None:
             return None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio (trio, say): no loop to measure
+            log.warning(
+                "workermeter: %s runs no asyncio loop; its utilisation is not measured",
+                found.server,
+            )
+            return active
+        try:
+            words = eventloop.loop_words(active, active.header, self.recorder.clock)
+            eventloop.install_asyncio(loop, words)
+            pool = threadpool.default_limiter()
+            measured = threadpool.instrument(pool, words) if pool is not None else None
+        except Exception:  # the app must be served even when its loop cannot be measured
+            log.exception("workermeter: cannot measure the event loop")
+            return active
         if self._probe is None or self._probe.done():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:  # not on asyncio (trio, say): no loop to probe
-                return active
-            self._probe = loop.create_task(probe(active, PROBE_INTERVAL))
+            self._probe = loop.create_task(probe(active, PROBE_INTERVAL, words, measured))
         return active
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,18 +233,73 @@ def _flatten(start: Any) -> list[bytes]:
 PROBE_INTERVAL = 0.5  # seconds between event-loop lag probes
 
 
-async def probe(active: Active, interval: float) -> None:
-    """Measure how late the event loop wakes up a sleeper, and sample the thread pool that runs
-    the app's sync code, every ``interval`` seconds while the loop runs."""
+async def probe(
+    active: Active,
+    interval: float,
+    words: eventloop.LoopWords | None = None,
+    pool: threadpool.PoolWords | None = None,
+) -> None:
+    """Measure how late the event loop wakes up a sleeper every ``interval`` seconds while the
+    loop runs, and keep the thread pool that runs the app's sync code measured: counted exactly
+    when its limiter allows (a limiter the app replaced is taken on), else sampled."""
     loop = asyncio.get_running_loop()
     lane = active.lane()  # the loop's thread: the lane the requests of this loop use too
     while True:
         due = loop.time() + interval
         await asyncio.sleep(interval)
         lane.loop_lag(max(loop.time() - due, 0.0))
-        pool = thread_pool()
+        limiter = threadpool.default_limiter()
+        if limiter is None:
+            continue
+        if words is not None and (pool is None or not pool.counts(limiter)):
+            pool = threadpool.instrument(limiter, words)
         if pool is not None:
-            active.thread_pool(*pool)
+            pool.publish()  # the size may have changed
+        else:
+            sample = thread_pool()
+            if sample is not None:
+                active.thread_pool(*sample)
+
+
+class _Steps:
+    """Awaits an app's coroutine step by step, timing each step: the event-loop time and thread
+    CPU time the request's own task took, not those of the requests it overlapped."""
+
+    __slots__ = ("_awaitable", "_clock", "_cpu_clock", "cpu", "held")
+
+    def __init__(
+        self, awaitable: Awaitable[None], clock: Callable[[], int], cpu_clock: Callable[[], int]
+    ) -> None:
+        self._awaitable = awaitable
+        self._clock = clock
+        self._cpu_clock = cpu_clock
+        self.held = 0
+        self.cpu = 0
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        steps = self._awaitable.__await__()
+        clock, cpu_clock = self._clock, self._cpu_clock
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            t, c = clock(), cpu_clock()
+            try:
+                yielded = steps.send(value) if error is None else steps.throw(error)
+            except StopIteration:
+                return
+            finally:
+                self.held += clock() - t
+                self.cpu += cpu_clock() - c
+            value = error = None
+            try:
+                value = yield yielded
+            except GeneratorExit:  # closed while suspended: close the app's coroutine too
+                close = getattr(steps, "close", None)
+                if close is not None:
+                    close()
+                raise
+            except BaseException as e:  # cancellation and the like: the app's to handle
+                error = e
 
 
 def thread_pool() -> tuple[int, int] | None:

@@ -17,7 +17,19 @@ from . import recorder as r
 from .access import allowed as allowed
 from .access import private_client as private_client
 from .listeners import Listener, listening
-from .store import PROCESS, ROUTE, Snapshot, Store, WorkerState
+from .store import (
+    L_BUSY,
+    L_METHOD,
+    L_OBSERVED,
+    L_POOL_BUSY,
+    L_POOL_WAIT,
+    LOOP_METHODS,
+    PROCESS,
+    ROUTE,
+    Snapshot,
+    Store,
+    WorkerState,
+)
 from .textformat import (
     KEEPS_NAMES,
     Families,
@@ -95,6 +107,7 @@ class StoreCollector:
         duration = Family(m.DURATION)
         cpu = Family(m.CPU)
         cpu_wall = Family(m.CPU_WALL)
+        held = Family(m.LOOP_HELD)
         cpu_by_route: dict[str, list[int]] = {}
         for (kind, key), values in sorted(snap.records.items()):
             if kind != ROUTE:
@@ -106,13 +119,17 @@ class StoreCollector:
             duration.add_histogram(
                 (route, method), _histogram(values, r.R_DURATION), values[r.R_SUM] / 1e9
             )
-            pair = cpu_by_route.setdefault(route, [0, 0])
-            pair[0] += values[r.R_CPU]
-            pair[1] += values[r.R_CPU_WALL]
-        for route, (cpu_ns, wall_ns) in cpu_by_route.items():
+            sums = cpu_by_route.setdefault(route, [0, 0, 0])
+            sums[0] += values[r.R_CPU]
+            sums[1] += values[r.R_CPU_WALL]
+            if len(values) > r.R_HELD:
+                sums[2] += values[r.R_HELD]
+        for route, (cpu_ns, wall_ns, held_ns) in cpu_by_route.items():
             cpu.add((route,), cpu_ns / 1e9)
             cpu_wall.add((route,), wall_ns / 1e9)
-        return [requests, duration, cpu, cpu_wall]
+            if held_ns:  # async requests only: no series for a sync app's routes
+                held.add((route,), held_ns / 1e9)
+        return [requests, duration, cpu, cpu_wall, held]
 
     def _process_records(self, snap: Snapshot) -> list[Family]:
         values = snap.records.get((PROCESS, ""), [])
@@ -173,7 +190,29 @@ class StoreCollector:
         workers = Family(m.WORKERS)
         workers.add((), len(snap.workers))
         return [busy, all_busy, busy_slots, capacity_, known, in_flight, open_ws, started, pid,
-                workers, pool_size, pool_in_use]  # fmt: skip
+                workers, pool_size, pool_in_use, *self._loops(snap)]  # fmt: skip
+
+    def _loops(self, snap: Snapshot) -> list[Family]:
+        loop_busy = Family(m.LOOP_BUSY)
+        observed = Family(m.LOOP_OBSERVED)
+        pool_busy = Family(m.POOL_BUSY)
+        pool_wait = Family(m.POOL_WAIT)
+        waiting = Family(m.POOL_WAITING)
+        pooled = {w.slot for w in snap.workers if w.pool_size}
+        for slot, values in sorted(snap.loops.items()):
+            worker = str(slot)
+            code = values[L_METHOD]
+            if 0 < code < len(LOOP_METHODS):
+                labels = (worker, LOOP_METHODS[code])
+                loop_busy.add(labels, values[L_BUSY] / 1e9)
+                observed.add(labels, values[L_OBSERVED] / 1e9)
+            if values[L_POOL_BUSY] or values[L_POOL_WAIT] or slot in pooled:
+                pool_busy.add((worker,), values[L_POOL_BUSY] / 1e9)
+                pool_wait.add((worker,), values[L_POOL_WAIT] / 1e9)
+        for w in snap.workers:
+            if w.pool_size:
+                waiting.add((str(w.slot),), max(w.pool_waiting, 0))
+        return [loop_busy, observed, pool_busy, pool_wait, waiting]
 
     def _usage(self, workers: list[WorkerState]) -> list[Family]:
         rss = Family(m.RSS)

@@ -33,7 +33,8 @@ R_DURATION = len(STATUS_CLASSES)
 R_SUM = R_DURATION + NBUCKETS
 R_CPU = R_SUM + 1
 R_CPU_WALL = R_CPU + 1
-ROUTE_VALUES = R_CPU_WALL + 1
+R_HELD = R_CPU_WALL + 1  # event-loop time held by the sampled requests' own steps (async)
+ROUTE_VALUES = R_HELD + 1
 
 # PROCESS record values (one record per lane).
 P_QUEUE = 0
@@ -151,6 +152,19 @@ class Lane:
         if cpu is not None:
             w[base + R_CPU] += cpu
             w[base + R_CPU_WALL] += duration
+
+    def sampled(self, route: str, method: str, cpu: int, held: int, duration: int) -> None:
+        """Record what a sampled async request took in its own steps: ``cpu`` ns of thread CPU
+        time and ``held`` ns of the event loop, over ``duration`` ns of service time. Called
+        after :meth:`Active.finish` recorded the request without a CPU sample."""
+        methods = self.routes.get(route)
+        slot = methods.get(method) if methods is not None else None
+        if slot is None:
+            slot = self.active.route_record(self, route, method)
+        w, base = slot
+        w[base + R_CPU] += cpu
+        w[base + R_CPU_WALL] += duration
+        w[base + R_HELD] += held
 
     def loop_lag(self, seconds: float) -> None:
         """Record how late the event loop ran a callback that was due."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 log = logging.getLogger("workermeter")
 
-MAGIC = int.from_bytes(b"WMSTORE1", "little")
+MAGIC = int.from_bytes(b"WMSTORE2", "little")
 CHUNK_BYTES = 1 << 20
 CHUNK_WORDS = CHUNK_BYTES // 8
 
@@ -53,8 +53,29 @@ H_WEBSOCKETS = 8  # websocket connections open
 H_LISTENERS = 9  # inodes of up to MAX_LISTENERS listening sockets the worker serves, 0 for none
 MAX_LISTENERS = 4
 H_POOL_SIZE = 13  # threads in the pool that runs an async app's sync code, 0 when none is known
-H_POOL_IN_USE = 14
-HEADER_WORDS = 16
+H_POOL_IN_USE = 14  # of them taken now
+# The event loop and its thread pool, written by the loop's thread only (eventloop.py). Every
+# update of the words below H_LOOP_SEQ's protection makes it odd, then even again: a sequence
+# lock like the level word's, so a scrape reads a consistent state.
+H_LOOP_METHOD = 15  # index into LOOP_METHODS; 0: no loop measured
+H_LOOP_SEQ = 16
+H_LOOP_START = 17  # monotonic ns the meter was installed: observed time runs from here
+H_LOOP_BUSY = 18  # ns the loop was busy, up to H_LOOP_SINCE
+H_LOOP_SINCE = 19  # monotonic ns of the last update
+H_LOOP_STATE = 20  # what the loop does since H_LOOP_SINCE: one of LOOP_IDLE, LOOP_BUSY, LOOP_TIMED
+H_LOOP_GRACE = 21  # LOOP_TIMED: ns after H_LOOP_SINCE by which the next update is due
+H_POOL_BUSY = 22  # thread-ns the pool's threads were taken, up to H_POOL_SINCE
+H_POOL_WAIT = 23  # task-ns spent waiting for a thread, up to H_POOL_SINCE
+H_POOL_SINCE = 24
+H_POOL_WAITING = 25  # tasks waiting for a thread now
+HEADER_WORDS = 32
+
+LOOP_METHODS = ("", "asyncio", "uvloop", "gevent", "lag_estimate")
+LOOP_IDLE = 0  # waiting for I/O: the time since counts as observed, not busy
+LOOP_BUSY = 1  # running: the time since counts as busy
+# Updated by a timer: a loop that missed it by more than the grace has been busy all along since
+# the grace ran out (an idle loop wakes for a timer that is due).
+LOOP_TIMED = 2
 
 # Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
 # ABOVE[k]: nanoseconds spent with at least k requests in flight, up to the last fall below k.
@@ -69,6 +90,10 @@ PROCESS = 2  # key ""
 LEVELS = 3  # archive only, key: slot; values: ABOVE[0..MAX_LEVEL] (ABOVE[0] the time observed),
 # then the slot's capacity
 FOLDED = 4  # archive only, key: identity of a dead worker already merged, no values
+LOOPS = 5  # archive only, key: slot; values: LOOP_VALUES
+# LOOPS values, and those of Snapshot.loops.
+L_METHOD, L_BUSY, L_OBSERVED, L_POOL_BUSY, L_POOL_WAIT = range(5)
+LOOP_VALUES = 5
 RECORD_HEADER = 4  # words: length in words, kind, lane, key bytes
 
 # w<slot>-<pid>-<token>-<chunk>.wm: the random token keeps a reused pid from meeting the files of
@@ -254,6 +279,7 @@ class WorkerState:
     listeners: tuple[int, ...] = ()
     pool_size: int = 0
     pool_in_use: int = 0
+    pool_waiting: int = 0
 
 
 @dataclass
@@ -266,6 +292,8 @@ class Snapshot:
     folded: set[str] = field(default_factory=set)
     # The last known capacity of every slot, so a dead worker's all-busy time stays exposed.
     capacities: dict[int, int] = field(default_factory=dict)
+    # Event-loop and thread-pool totals of every slot that ran a measured loop (LOOP_VALUES).
+    loops: dict[int, list[int]] = field(default_factory=dict)
     # Each key's records as read, summed when ``records`` is first asked for.
     _parts: dict[tuple[int, str], list[memoryview]] = field(default_factory=dict, repr=False)
     _totals: dict[tuple[int, str], list[int]] | None = field(default=None, repr=False)
@@ -295,6 +323,18 @@ class Snapshot:
         else:
             for i, v in enumerate(above):
                 have[i] += v
+
+
+    def add_loop(self, slot: int, values: Sequence[int]) -> None:
+        """Add a slot's loop totals; the method is the last one seen."""
+        have = self.loops.get(slot)
+        if have is None:
+            self.loops[slot] = list(values)
+            return
+        for i in range(L_BUSY, LOOP_VALUES):
+            have[i] += values[i]
+        if values[L_METHOD]:
+            have[L_METHOD] = values[L_METHOD]
 
 
 def _sum_columns(parts: list[memoryview]) -> list[int]:
@@ -368,7 +408,7 @@ def _layout(words: memoryview, first: int, path: Path, known: Layout | None = No
         size, kind, _lane, key_len = _PACK.unpack_from(raw, pos * 8)
         key_words = (key_len + 7) // 8
         if (
-            kind not in (ROUTE, PROCESS, LEVELS, FOLDED)
+            kind not in (ROUTE, PROCESS, LEVELS, FOLDED, LOOPS)
             or key_len < 0
             or size < RECORD_HEADER + key_words
         ):
@@ -421,6 +461,37 @@ def _above_now(words: memoryview, now: int) -> list[int]:
     return above
 
 
+def _loop_now(words: memoryview, now: int) -> list[int] | None:
+    """A worker's loop totals (LOOP_VALUES) as of ``now``, counting the time since its last
+    update by what the loop was doing then; None when it measures no loop and has no pool.
+
+    ``words`` must be a consistent copy, taken as for _above_now: the writer reads its time only
+    once it has marked its update, so no total here is more than the next update commits.
+    """
+    method = words[H_LOOP_METHOD]
+    if not method and not words[H_POOL_SIZE]:
+        return None
+    busy, observed = words[H_LOOP_BUSY], 0
+    if method:
+        since = words[H_LOOP_SINCE]
+        elapsed = max(now - since, 0)
+        state = words[H_LOOP_STATE]
+        if state == LOOP_TIMED:
+            elapsed = max(elapsed - words[H_LOOP_GRACE], 0)
+            busy += elapsed
+        elif state == LOOP_BUSY:
+            busy += elapsed
+        observed = max(since - words[H_LOOP_START], 0) + elapsed
+    pool_elapsed = max(now - words[H_POOL_SINCE], 0) if words[H_POOL_SINCE] else 0
+    pool_busy = words[H_POOL_BUSY] + max(words[H_POOL_IN_USE], 0) * pool_elapsed
+    pool_wait = words[H_POOL_WAIT] + max(words[H_POOL_WAITING], 0) * pool_elapsed
+    return [method, busy, observed, pool_busy, pool_wait]
+
+
+# The words a consistent copy of chunk 0 is checked against: from the level word to the loop's.
+_CHECKED = slice(H_LEVEL, H_LOOP_SEQ + 1)
+
+
 def _read_chunk0(
     path: Path, clock: Callable[[], int], *, live: bool
 ) -> tuple[memoryview, int] | None:
@@ -449,7 +520,12 @@ def _read_chunk0(
             if not live:
                 return words, now
             word = words[H_LEVEL]
-            if _steady(word) and os.pread(fd, 8, H_LEVEL * 8) == struct.pack("<q", word):
+            if (
+                _steady(word)
+                and not words[H_LOOP_SEQ] & 1
+                and os.pread(fd, (H_LOOP_SEQ + 1 - H_LEVEL) * 8, H_LEVEL * 8)
+                == words[_CHECKED].tobytes()
+            ):
                 return words, now
             if time.monotonic() > deadline:  # a writer stopped mid-update: take what is there
                 _warn_once(path, "level updates never settled; read as is")
@@ -551,6 +627,9 @@ class Store:
                 words, now = read
                 above = _above_now(words, now)
                 snap.add_levels(slot, above, words[H_CAPACITY])
+                loop = _loop_now(words, now)
+                if loop is not None:
+                    snap.add_loop(slot, loop)
                 if live:
                     snap.workers.append(
                         WorkerState(
@@ -563,6 +642,7 @@ class Store:
                             above_ns=above,
                             pool_size=words[H_POOL_SIZE],
                             pool_in_use=words[H_POOL_IN_USE],
+                            pool_waiting=words[H_POOL_WAITING],
                             listeners=tuple(
                                 i for i in words[H_LISTENERS : H_LISTENERS + MAX_LISTENERS] if i
                             ),
@@ -603,6 +683,11 @@ class Store:
                 above, capacity = list(values[: MAX_LEVEL + 1]), values[MAX_LEVEL + 1 :]
                 try:
                     snap.add_levels(int(key), above, capacity[0] if capacity else 0)
+                except ValueError:
+                    _warn_once(path, f"bad slot key {key!r}")
+            elif kind == LOOPS:
+                try:
+                    snap.add_loop(int(key), [*values[:LOOP_VALUES], 0, 0, 0, 0, 0][:LOOP_VALUES])
                 except ValueError:
                     _warn_once(path, f"bad slot key {key!r}")
             else:
@@ -699,6 +784,7 @@ def _write_archive(path: Path, snap: Snapshot) -> None:
         (LEVELS, str(slot), [*above, snap.capacities.get(slot, 0)])
         for slot, above in snap.levels.items()
     ]
+    entries += [(LOOPS, str(slot), values) for slot, values in snap.loops.items()]
     entries += [(FOLDED, ident, []) for ident in sorted(snap.folded)]
     for kind, key, values in entries:
         raw = key.encode()

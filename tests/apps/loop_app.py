@@ -1,0 +1,56 @@
+"""A Starlette application that loads its event loop in known ways, for the ELU tests.
+
+``/spin?ms=N`` runs the CPU for N ms inside ``async def``; ``/block?ms=N`` calls ``time.sleep``
+inside ``async def`` (the classic bug: the loop is held, not the CPU); ``/await?ms=N`` awaits
+``asyncio.sleep`` (the loop is free); ``/sync?ms=N`` is a plain ``def`` endpoint, run in anyio's
+thread pool, sleeping N ms there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from workermeter import ASGIMiddleware
+
+
+def _ms(request: Request) -> float:
+    return float(request.query_params.get("ms", "0")) / 1000
+
+
+async def spin(request: Request) -> PlainTextResponse:
+    end = time.thread_time() + _ms(request)
+    while time.thread_time() < end:
+        pass
+    return PlainTextResponse("spun\n")
+
+
+async def block(request: Request) -> PlainTextResponse:
+    time.sleep(_ms(request))
+    return PlainTextResponse("blocked\n")
+
+
+async def wait(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(_ms(request))
+    return PlainTextResponse("awaited\n")
+
+
+def sync(request: Request) -> PlainTextResponse:
+    time.sleep(_ms(request))
+    return PlainTextResponse("slept in a thread\n")
+
+
+app = Starlette(
+    routes=[
+        Route("/spin", spin),
+        Route("/block", block),
+        Route("/await", wait),
+        Route("/sync", sync),
+    ]
+)
+app.add_middleware(ASGIMiddleware)
