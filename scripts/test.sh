@@ -39,6 +39,21 @@ fi
 
 PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
 
+# The event-loop tests also run their servers on the oldest and newest Python pyenv has here:
+# asyncio's internals differ between versions. Each gets a virtual environment with the servers;
+# workermeter itself is imported from src/.
+loop_deps=(uvicorn uvloop httptools starlette anyio gunicorn gevent prometheus-client psutil)
+for version in 3.10 3.13; do
+    found=$(ls -d "${PYENV_ROOT:-/root/.pyenv}/versions/$version".*/bin/python 2>/dev/null | tail -1)
+    [ -n "$found" ] || continue
+    venv=.venvs/py$version
+    if [ ! -x "$venv/bin/python" ]; then
+        "$found" -m venv "$venv" || exit 1
+    fi
+    PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+        "${loop_deps[@]}" || exit 1
+done
+
 status=0
 echo "ruff check src tests benchmarks grafana scripts"
 "$PYTHON" -m ruff check src tests benchmarks grafana scripts || status=1

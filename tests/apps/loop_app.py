@@ -3,14 +3,19 @@
 ``/spin?ms=N`` runs the CPU for N ms inside ``async def``; ``/block?ms=N`` calls ``time.sleep``
 inside ``async def`` (the classic bug: the loop is held, not the CPU); ``/await?ms=N`` awaits
 ``asyncio.sleep`` (the loop is free); ``/sync?ms=N`` is a plain ``def`` endpoint, run in anyio's
-thread pool, sleeping N ms there.
+thread pool, sleeping N ms there. ``$LOOP_APP_THREADS`` sets the size of that pool,
+``$LOOP_APP_CPU_SAMPLE`` sets the middleware's ``cpu_sample``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -45,7 +50,16 @@ def sync(request: Request) -> PlainTextResponse:
     return PlainTextResponse("slept in a thread\n")
 
 
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    threads = os.environ.get("LOOP_APP_THREADS")
+    if threads:  # a smaller pool than anyio's 40, to make tasks wait for a thread
+        anyio.to_thread.current_default_thread_limiter().total_tokens = int(threads)
+    yield
+
+
 app = Starlette(
+    lifespan=lifespan,
     routes=[
         Route("/spin", spin),
         Route("/block", block),
@@ -53,4 +67,5 @@ app = Starlette(
         Route("/sync", sync),
     ]
 )
-app.add_middleware(ASGIMiddleware)
+# The tests sample every request's steps, to compare each route's held time with what it did.
+app.add_middleware(ASGIMiddleware, cpu_sample=int(os.environ.get("LOOP_APP_CPU_SAMPLE", "16")))
