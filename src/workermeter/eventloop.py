@@ -4,9 +4,10 @@ I/O, as libuv and Node.js define it.
 One meter per loop, installed on the server's loop (the one running the app) and writing into the
 worker's region (store.H_LOOP_*) from the loop's own thread:
 
-- asyncio: the loop waits only in ``loop._selector.select(timeout)``; the selector is wrapped so
-  that every wait with a timeout is timed (a poll with timeout 0 does not wait: it counts as busy,
-  as in libuv).
+- asyncio: the loop waits only in ``loop._selector.select(timeout)``; that one method of the
+  selector is replaced on the instance, so that every wait with a timeout is timed (a poll with
+  timeout 0 does not wait: it counts as busy, as in libuv). Every other call goes to the selector
+  as before.
 - uvloop: libuv keeps the loop's idle time itself once ``uv_loop_configure(UV_METRICS_IDLE_TIME)``
   is set; it is read by a timer. uvloop does not document the entry point, so it is looked for and
   the estimate below is used where it is missing.
@@ -46,18 +47,18 @@ _SLACK_NS = 5_000_000  # a timer may fire this late on an idle loop (libuv's clo
 
 _H_SEQ = s.H_LOOP_SEQ
 _H_BUSY = s.H_LOOP_BUSY
-_H_SINCE = s.H_LOOP_SINCE
-_H_STATE = s.H_LOOP_STATE
-_IDLE = s.LOOP_IDLE
-_BUSY = s.LOOP_BUSY
+_H_MARK = s.H_LOOP_MARK
 
 
 class LoopWords:
     """The loop's words of a worker's region, and how they change.
 
-    Every change goes through :meth:`update`-like steps: the sequence word turns odd, the time is
-    read, the words are written, the sequence word turns even. Only the loop's thread writes.
+    A change of more than the mark word goes: the sequence word turns odd (:meth:`begin`), the
+    time is read, the words are written, the sequence word turns even (:meth:`end`). Only the
+    loop's thread writes.
     """
+
+    __slots__ = ("busy", "clock", "h", "seq")
 
     def __init__(self, header: memoryview, clock: Callable[[], int]) -> None:
         self.h = header
@@ -77,13 +78,13 @@ class LoopWords:
         self.seq += 1
         self.h[_H_SEQ] = self.seq
 
-    def start(self, method: int, state: int, grace: int = 0) -> int:
-        """Begin measuring now, with the loop in ``state``; the time it began."""
+    def start(self, method: int, grace: int = 0) -> int:
+        """Begin measuring now, the loop busy (it runs this), updated by a timer due within
+        ``grace`` ns if that is given; the time it began."""
         h = self.h
         now = self.begin()
         h[s.H_LOOP_START] = now
-        h[_H_SINCE] = now
-        h[_H_STATE] = state
+        h[_H_MARK] = now
         h[s.H_LOOP_GRACE] = grace
         h[_H_BUSY] = self.busy = 0
         h[s.H_LOOP_METHOD] = method
@@ -97,78 +98,44 @@ class LoopWords:
         now = self.begin()
         self.busy = busy = max(busy, self.busy)  # a counter: never back
         h[_H_BUSY] = busy
-        h[_H_SINCE] = now
+        h[_H_MARK] = now
         h[s.H_LOOP_GRACE] = grace
         self.end()
         return now
 
 
 class SelectorMeter:
-    """Times the waits of an asyncio loop's selector: stands in for ``loop._selector``."""
+    """Times the waits of an asyncio loop's selector: its ``select`` stands in for the
+    selector's own, on the selector instance."""
 
-    __slots__ = ("_clock", "_select", "_selector", "_since", "_words", "h")
+    __slots__ = ("_clock", "_select", "_since", "_words", "h", "selector")
 
     def __init__(self, selector: Any, words: LoopWords) -> None:
-        self._selector = selector
+        self.selector = selector
         self._select = selector.select
         self._words = words
         self._clock = words.clock
         self.h = words.h
-        self._since = words.start(ASYNCIO, _BUSY)
+        self._since = words.start(ASYNCIO)
 
     # The one call on the loop's path: written out, it runs on every iteration that waits.
+    # Going idle re-marks the last wake-up as idle before it reads the time (see store.py),
+    # then writes the busy time and the mark; waking up writes the mark alone.
     def select(self, timeout: float | None = None) -> Any:
         if timeout is not None and timeout <= 0:
             return self._select(timeout)  # a poll that does not wait is busy time, as in libuv
-        words = self._words
         h = self.h
-        seq = words.seq + 1
-        h[_H_SEQ] = seq
+        since = self._since
+        h[_H_MARK] = -since
         now = self._clock()
-        busy = words.busy + now - self._since
-        words.busy = busy
+        words = self._words
+        busy = words.busy = words.busy + now - since
         h[_H_BUSY] = busy
-        h[_H_SINCE] = now
-        h[_H_STATE] = _IDLE
-        h[_H_SEQ] = seq + 1
+        h[_H_MARK] = -now
         try:
             return self._select(timeout)
         finally:
-            seq += 2
-            h[_H_SEQ] = seq
-            now = self._since = self._clock()
-            h[_H_SINCE] = now
-            h[_H_STATE] = _BUSY
-            words.seq = seq + 1
-            h[_H_SEQ] = seq + 1
-
-    # What the loop calls besides select(), passed to the selector it wraps.
-    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
-        return self._selector.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> Any:
-        return self._selector.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> Any:
-        return self._selector.modify(fileobj, events, data)
-
-    def get_key(self, fileobj: Any) -> Any:
-        return self._selector.get_key(fileobj)
-
-    def get_map(self) -> Any:
-        return self._selector.get_map()
-
-    def close(self) -> None:
-        self._selector.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._selector, name)
-
-    def __enter__(self) -> SelectorMeter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            h[_H_MARK] = self._since = self._clock()
 
 
 class _LibuvIdle:
@@ -216,7 +183,7 @@ class TimedMeter:
         self._stopped = False
         method = UVLOOP if libuv is not None else ESTIMATE
         delay = self._delay()
-        self._start = self._last = words.start(method, s.LOOP_TIMED, self._grace(delay))
+        self._start = self._last = words.start(method, self._grace(delay))
         self._due = self._start + int(delay * 1e9)
         self._estimate = 0
         self._handle = loop.call_later(delay, self._tick)
@@ -257,7 +224,7 @@ class GeventMeter:
 
     def __init__(self, hub_loop: Any, words: LoopWords) -> None:
         self._words = words
-        self._since = words.start(GEVENT, _BUSY)
+        self._since = words.start(GEVENT)
         self._prepare = hub_loop.prepare(ref=False)
         self._check = hub_loop.check(ref=False)
         # libev runs higher priorities first: ours goes last before the wait (after gevent's own
@@ -270,20 +237,15 @@ class GeventMeter:
     def _idle(self) -> None:
         words = self._words
         h = words.h
-        now = words.begin()
-        words.busy += now - self._since
+        since = self._since
+        h[_H_MARK] = -since
+        now = words.clock()
+        words.busy += now - since
         h[_H_BUSY] = words.busy
-        h[_H_SINCE] = now
-        h[_H_STATE] = _IDLE
-        words.end()
+        h[_H_MARK] = -now
 
     def _busy(self) -> None:
-        words = self._words
-        h = words.h
-        self._since = now = words.begin()
-        h[_H_SINCE] = now
-        h[_H_STATE] = _BUSY
-        words.end()
+        self._words.h[_H_MARK] = self._since = self._words.clock()
 
     def stop(self) -> None:
         self._prepare.stop()
@@ -327,11 +289,11 @@ def install_asyncio(loop: Any, words: LoopWords) -> str | None:
             log.info("workermeter: uvloop's idle time is not readable (%s); estimating ELU", e)
             libuv = None
         meter = TimedMeter(loop, words, libuv, seed=id(loop))
-    elif isinstance(selector, SelectorMeter):
+    elif isinstance(getattr(getattr(selector, "select", None), "__self__", None), SelectorMeter):
         return None  # measured by a meter of another copy of this module
-    elif selector is not None and callable(getattr(selector, "select", None)):
+    elif selector is not None and hasattr(selector, "__dict__") and callable(selector.select):
         meter = SelectorMeter(selector, words)
-        loop._selector = meter
+        selector.select = meter.select  # the instance's: shadows the class's method
     else:
         meter = TimedMeter(loop, words, None, seed=id(loop))
     _installed[loop] = meter
@@ -355,6 +317,6 @@ def uninstall(loop: Any) -> None:
     """Stop measuring ``loop`` (tests; a loop that closes takes its meter with it)."""
     meter = _installed.pop(loop, None) if id(loop) not in _hubs else _hubs.pop(id(loop))[1]
     if isinstance(meter, SelectorMeter):
-        loop._selector = meter._selector
+        del meter.selector.select  # the class's method again
     elif isinstance(meter, TimedMeter | GeventMeter):
         meter.stop()

@@ -54,16 +54,21 @@ H_LISTENERS = 9  # inodes of up to MAX_LISTENERS listening sockets the worker se
 MAX_LISTENERS = 4
 H_POOL_SIZE = 13  # threads in the pool that runs an async app's sync code, 0 when none is known
 H_POOL_IN_USE = 14  # of them taken now
-# The event loop and its thread pool, written by the loop's thread only (eventloop.py). Every
-# update of the words below H_LOOP_SEQ's protection makes it odd, then even again: a sequence
-# lock like the level word's, so a scrape reads a consistent state.
+# The event loop and its thread pool, written by the loop's thread only (eventloop.py).
+# H_LOOP_MARK is the monotonic ns of the loop's last change, positive when it has been busy
+# since, negative when it has been waiting for I/O since. A timed meter (H_LOOP_GRACE > 0)
+# updates from a timer instead: since its positive mark, a loop that missed the next update by
+# more than the grace has been busy all along since the grace ran out (an idle loop wakes for a
+# timer that is due). A scrape checks that the mark did not change while it copied: going idle
+# first re-marks the previous change as idle, then reads the time and writes the busy time and
+# the new mark, so a copy from before it counts no further than the change will commit. Updates
+# of other words also make H_LOOP_SEQ odd, then even again, as the level word does.
 H_LOOP_METHOD = 15  # index into LOOP_METHODS; 0: no loop measured
 H_LOOP_SEQ = 16
 H_LOOP_START = 17  # monotonic ns the meter was installed: observed time runs from here
-H_LOOP_BUSY = 18  # ns the loop was busy, up to H_LOOP_SINCE
-H_LOOP_SINCE = 19  # monotonic ns of the last update
-H_LOOP_STATE = 20  # what the loop does since H_LOOP_SINCE: one of LOOP_IDLE, LOOP_BUSY, LOOP_TIMED
-H_LOOP_GRACE = 21  # LOOP_TIMED: ns after H_LOOP_SINCE by which the next update is due
+H_LOOP_BUSY = 18  # ns the loop was busy, up to the mark's time
+H_LOOP_MARK = 19
+H_LOOP_GRACE = 20
 H_POOL_BUSY = 22  # thread-ns the pool's threads were taken, up to H_POOL_SINCE
 H_POOL_WAIT = 23  # task-ns spent waiting for a thread, up to H_POOL_SINCE
 H_POOL_SINCE = 24
@@ -71,11 +76,6 @@ H_POOL_WAITING = 25  # tasks waiting for a thread now
 HEADER_WORDS = 32
 
 LOOP_METHODS = ("", "asyncio", "uvloop", "gevent", "lag_estimate")
-LOOP_IDLE = 0  # waiting for I/O: the time since counts as observed, not busy
-LOOP_BUSY = 1  # running: the time since counts as busy
-# Updated by a timer: a loop that missed it by more than the grace has been busy all along since
-# the grace ran out (an idle loop wakes for a timer that is due).
-LOOP_TIMED = 2
 
 # Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
 # ABOVE[k]: nanoseconds spent with at least k requests in flight, up to the last fall below k.
@@ -473,13 +473,13 @@ def _loop_now(words: memoryview, now: int) -> list[int] | None:
         return None
     busy, observed = words[H_LOOP_BUSY], 0
     if method:
-        since = words[H_LOOP_SINCE]
+        mark, grace = words[H_LOOP_MARK], words[H_LOOP_GRACE]
+        since = abs(mark)
         elapsed = max(now - since, 0)
-        state = words[H_LOOP_STATE]
-        if state == LOOP_TIMED:
-            elapsed = max(elapsed - words[H_LOOP_GRACE], 0)
+        if grace > 0:
+            elapsed = max(elapsed - grace, 0)
             busy += elapsed
-        elif state == LOOP_BUSY:
+        elif mark > 0:
             busy += elapsed
         observed = max(since - words[H_LOOP_START], 0) + elapsed
     pool_elapsed = max(now - words[H_POOL_SINCE], 0) if words[H_POOL_SINCE] else 0
@@ -489,7 +489,7 @@ def _loop_now(words: memoryview, now: int) -> list[int] | None:
 
 
 # The words a consistent copy of chunk 0 is checked against: from the level word to the loop's.
-_CHECKED = slice(H_LEVEL, H_LOOP_SEQ + 1)
+_CHECKED = slice(H_LEVEL, H_LOOP_MARK + 1)
 
 
 def _read_chunk0(
@@ -523,7 +523,7 @@ def _read_chunk0(
             if (
                 _steady(word)
                 and not words[H_LOOP_SEQ] & 1
-                and os.pread(fd, (H_LOOP_SEQ + 1 - H_LEVEL) * 8, H_LEVEL * 8)
+                and os.pread(fd, (H_LOOP_MARK + 1 - H_LEVEL) * 8, H_LEVEL * 8)
                 == words[_CHECKED].tobytes()
             ):
                 return words, now
