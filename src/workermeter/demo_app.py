@@ -1,21 +1,31 @@
-"""The sample app that ``workermeter demo`` serves under gunicorn, measured by the middleware.
+"""The sample apps that ``workermeter demo`` serves, measured by the middleware.
 
-Routes: ``/io`` waits 40 ms, like a database query or an API call, with the CPU idle; ``/cpu``
-computes for 15 ms of CPU time, like rendering a template; ``/`` says what it is; anything else
-is 404. Run it yourself with ``gunicorn workermeter.demo_app:application``.
+``application`` (WSGI, under gunicorn): ``/io`` waits 40 ms, like a database query or an API
+call, with the CPU idle; ``/cpu`` computes for 15 ms of CPU time, like rendering a template; ``/``
+says what it is; anything else is 404. Run it yourself with
+``gunicorn workermeter.demo_app:application``.
+
+``asgi_application`` (ASGI, under uvicorn, for ``workermeter demo --asgi``): ``/io`` awaits 40 ms,
+leaving the event loop free; ``/cpu`` computes for 15 ms inside ``async def``; ``/block`` calls
+``time.sleep(0.03)`` inside ``async def``, the classic bug of a sync client in an async app: the
+loop is held, the CPU idle. Run it with ``uvicorn workermeter.demo_app:asgi_application``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from .asgi import ASGIMiddleware
 from .wsgi import WSGIMiddleware
 
 IO_SECONDS = 0.040
 CPU_SECONDS = 0.015
+BLOCK_SECONDS = 0.030
 ROUTES = ("/", "/io", "/cpu")
+ASGI_ROUTES = ("/", "/io", "/cpu", "/block")
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Callable[[bytes], object]]
@@ -55,3 +65,54 @@ def route(environ: Environ) -> str | None:
 
 
 application = WSGIMiddleware(app, route=route)
+
+
+Scope = MutableMapping[str, Any]
+
+
+async def asgi_app(
+    scope: Scope,
+    receive: Callable[[], Awaitable[Any]],
+    send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    path, status = scope["path"], 200
+    if path == "/io":
+        await asyncio.sleep(IO_SECONDS)
+        body = b"awaited 40 ms\n"
+    elif path == "/cpu":
+        burn(CPU_SECONDS)
+        body = b"computed for 15 ms\n"
+    elif path == "/block":
+        time.sleep(BLOCK_SECONDS)  # holds the loop: every other request waits
+        body = b"blocked the event loop for 30 ms\n"
+    elif path == "/":
+        body = b"workermeter demo app: /io awaits 40 ms, /cpu computes 15 ms, /block sleeps 30 ms\n"
+    else:
+        status, body = 404, b"no such page\n"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def asgi_route(scope: Scope) -> str | None:
+    """The route template: the path itself, since every route is a fixed path."""
+    path = scope.get("path")
+    return path if path in ASGI_ROUTES else None
+
+
+asgi_application = ASGIMiddleware(asgi_app, route=asgi_route)

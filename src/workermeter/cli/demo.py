@@ -1,29 +1,21 @@
 """``workermeter demo``: the whole product in under a minute, with nothing else to install.
 
 It starts the sample app (:mod:`workermeter.demo_app`) under gunicorn with 2 sync workers on
-127.0.0.1, sends it a bounded ramp of traffic from a pool of client threads until it is well past
-what 2 workers can serve, shows the live view of ``workermeter top`` while it runs, and ends with
-the suggestion. gunicorn runs with a store of its own in a temporary directory and is stopped by
-its process id however the demo ends; it also runs under coreutils ``timeout`` where there is
-one, so it cannot outlive the demo by long even if the demo is killed.
+127.0.0.1 (with ``--asgi``: under uvicorn with one event-loop worker), sends it a bounded ramp of
+traffic from a pool of client threads until it is well past what the workers can serve, shows the
+live view of ``workermeter top`` while it runs, and ends with the suggestion. The server runs with
+a store of its own in a temporary directory (:mod:`.demo_servers`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
-import os
 import random
-import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
@@ -32,6 +24,7 @@ from typing import TYPE_CHECKING
 from .. import observe
 from ..capacity import Workload, suggest
 from . import UsageError
+from . import demo_servers as servers
 from .suggest import setting
 from .top import Watch, need_rich
 
@@ -43,19 +36,20 @@ HELP = (
     "the live view and the suggestion."
 )
 
-WORKERS = 2
-#: Share of requests to /io (the rest go to /cpu), and what 2 workers can serve of that mix:
-#: about 2 / (0.7 x 41 ms + 0.3 x 16 ms), some 60 requests/s.
-IO_SHARE = 0.7
+#: The routes requested and their shares, and the peak rate offered: well past what the workers
+#: serve. gunicorn's 2 sync workers serve about 2 / (0.7 x 41 ms + 0.3 x 16 ms), some 60
+#: requests/s; uvicorn's one loop is held about 0.2 x 15 ms + 0.2 x 30 ms + 0.6 x ~1 ms per
+#: request, some 100 requests/s.
+MIX = (("/io", 0.7), ("/cpu", 0.3))
+ASGI_MIX = (("/io", 0.6), ("/cpu", 0.2), ("/block", 0.2))
 START_RATE = 10.0
 PEAK_RATE = 95.0
+ASGI_PEAK_RATE = 150.0
 #: The ramp reaches its peak at this share of the duration, then holds it.
 RAMP_SHARE = 0.6
 #: At most this many requests in flight from the clients: bounds the backlog and the wait.
 CLIENTS = 48
 REQUEST_TIMEOUT = 10.0
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 10.0
 README = "https://github.com/workermeter/workermeter#readme"
 DOCS = "https://github.com/workermeter/workermeter/blob/main/docs"
 
@@ -70,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port", type=int, default=0, help="port for the app on 127.0.0.1 (default: a free one)"
     )
+    parser.add_argument(
+        "--asgi",
+        action="store_true",
+        help="an async app under uvicorn instead: a CPU route, an awaiting route and one that "
+        "blocks the event loop",
+    )
 
 
 # ------------------------------------------------------------------------------------- traffic
@@ -77,8 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 class Ramp:
     """Poisson arrivals at a rate climbing linearly from ``start`` to ``peak`` requests/s over
-    ``ramp`` seconds and then held, each a GET of ``/io`` or ``/cpu`` on loopback with an
-    ``X-Request-Start`` stamp as nginx's ``t=${msec}`` writes it.
+    ``ramp`` seconds and then held, each a GET of a path of ``mix`` (drawn by its share) on
+    loopback with an ``X-Request-Start`` stamp as nginx's ``t=${msec}`` writes it.
 
     At most ``clients`` requests are in flight; an arrival finding them all busy is counted in
     ``skipped`` and not sent (a real client would be waiting too).
@@ -91,10 +91,13 @@ class Ramp:
         start: float = START_RATE,
         peak: float = PEAK_RATE,
         ramp: float,
+        mix: tuple[tuple[str, float], ...] = MIX,
         clients: int = CLIENTS,
         seed: int = 1,
     ) -> None:
         self.port = port
+        self.paths = [path for path, _ in mix]
+        self.shares = [share for _, share in mix]
         self.start_rate, self.peak_rate, self.ramp = start, peak, ramp
         self.clients = clients
         self._rng = random.Random(seed)
@@ -131,7 +134,7 @@ class Ramp:
             due += self._rng.expovariate(self.rate(due - self._began))
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
-            path = "/io" if self._rng.random() < IO_SHARE else "/cpu"
+            path = self._rng.choices(self.paths, self.shares)[0]
             if not self._slots.acquire(blocking=False):
                 with self._lock:
                     self.skipped += 1
@@ -163,111 +166,6 @@ class Ramp:
                     self.failed += 1
 
 
-# ------------------------------------------------------------------------------------ gunicorn
-
-
-def _gunicorn_flags() -> list[str]:
-    from gunicorn.config import KNOWN_SETTINGS
-
-    # gunicorn >= 25 opens a control socket at a fixed path that every instance would share.
-    names = {s.name for s in KNOWN_SETTINGS}
-    return ["--no-control-socket"] if "control_socket_disable" in names else []
-
-
-def _listen(port: int) -> socket.socket:
-    """The app's listening socket, bound here and handed to gunicorn as ``fd://``: port 0 then
-    means a free port with no race between choosing it and binding it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        sock.listen(2048)
-    except OSError as e:
-        sock.close()
-        raise UsageError(f"cannot listen on 127.0.0.1:{port}: {e.strerror or e}") from None
-    sock.set_inheritable(True)
-    return sock
-
-
-@contextlib.contextmanager
-def gunicorn(sock: socket.socket, store: Path, log: Path, lifetime: float) -> Iterator[int]:
-    """Run the sample app under gunicorn on ``sock``; yield its master's pid; stop it by pid:
-    SIGTERM, a bounded wait, then SIGKILL to its process group."""
-    fd = sock.fileno()
-    argv = [
-        sys.executable, "-m", "gunicorn",
-        "--bind", f"fd://{fd}",
-        "--workers", str(WORKERS),
-        "--worker-class", "sync",
-        "--graceful-timeout", "2",
-        "--timeout", "30",
-        "--log-level", "warning",
-        *_gunicorn_flags(),
-        "workermeter.demo_app:application",
-    ]  # fmt: skip
-    timeout = shutil.which("timeout")
-    if timeout is not None:  # dies on its own even if this process is killed
-        argv = [timeout, "-k", "5", str(round(lifetime)), *argv]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKERMETER_")}
-    env["WORKERMETER_DIR"] = str(store)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            pass_fds=(fd,),
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops gunicorn itself
-        )
-    try:
-        yield proc.pid
-    finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):  # it ended between the wait and the kill
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(STOP_TIMEOUT)
-
-
-def _tail(log: Path) -> str:
-    try:
-        lines = log.read_text(errors="replace").strip().splitlines()
-    except OSError:  # never written
-        return "no output"
-    return lines[-1] if lines else "no output"
-
-
-def _wait_ready(port: int, pid: int, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", "/")
-                conn.getresponse().read()
-                return
-            finally:
-                conn.close()
-        except (OSError, http.client.HTTPException):  # not serving yet
-            pass
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            raise UsageError(f"gunicorn exited before serving: {_tail(log)}") from None
-        if time.monotonic() > deadline:
-            raise UsageError(f"gunicorn did not answer in {READY_TIMEOUT:.0f} s: {_tail(log)}")
-        time.sleep(0.1)
-
-
 # --------------------------------------------------------------------------------------- run
 
 
@@ -288,7 +186,7 @@ def _status(ramp: Ramp, left: float) -> RenderableType:
     return text
 
 
-def _conclude(console: Console, watch: Watch, ramp: Ramp) -> None:
+def _conclude(console: Console, watch: Watch, ramp: Ramp, sample: servers.Sample) -> None:
     obs = watch.observation()
     if obs is None or obs.requests <= 0:
         console.print("No request finished: nothing to suggest.", style="bold red")
@@ -301,7 +199,7 @@ def _conclude(console: Console, watch: Watch, ramp: Ramp) -> None:
     console.print()
     console.print(
         f"In the last {obs.seconds:.0f} s the demo offered up to {ramp.rate(ramp.elapsed()):,.0f} "
-        f"requests/s, and the {WORKERS} workers completed {obs.rate:,.0f}/s, "
+        f"requests/s, and the {sample.workers} {sample.kind} completed {obs.rate:,.0f}/s, "
         f"{obs.utilisation or 0:.0%} busy."
     )
     console.print(f"[bold]Suggestion: {setting(answer)}[/bold]", highlight=False)
@@ -335,16 +233,17 @@ def _conclude(console: Console, watch: Watch, ramp: Ramp) -> None:
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends the demo like Ctrl-C: gunicorn is stopped first
+    raise KeyboardInterrupt  # SIGTERM ends the demo like Ctrl-C: the server is stopped first
 
 
 def run(args: argparse.Namespace) -> int:
     need_rich("demo")
+    sample = servers.UVICORN if args.asgi else servers.GUNICORN
     try:
-        import gunicorn as _  # noqa: F401
+        __import__(sample.server)
     except ModuleNotFoundError:
         raise UsageError(
-            "workermeter demo needs gunicorn: pip install 'workermeter[demo]'"
+            f"workermeter demo needs {sample.server}: pip install 'workermeter[demo]'"
         ) from None
     from rich.console import Console
 
@@ -361,27 +260,33 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         with tempfile.TemporaryDirectory(prefix="workermeter-demo-") as tmp:
-            store, log = Path(tmp) / "store", Path(tmp) / "gunicorn.log"
-            sock = _listen(args.port)
+            store, log = Path(tmp) / "store", Path(tmp) / f"{sample.server}.log"
+            sock = servers.listen(args.port)
             port = sock.getsockname()[1]
             try:
-                with gunicorn(sock, store, log, lifetime=seconds + 60) as pid:
-                    _wait_ready(port, pid, log)
+                with servers.running(sample, sock, store, log, lifetime=seconds + 60) as pid:
+                    servers.wait_ready(sample, port, pid, log)
                     # The view reads the store from its own port here, not from the app's
-                    # /metrics: a sync worker answers scrapes only between requests, and past
-                    # saturation a scrape would wait in the same queue as the traffic.
+                    # /metrics: a worker answers scrapes only between requests (a loop, when
+                    # it is not blocked), and past saturation a scrape would wait in the same
+                    # queue as the traffic.
                     server, _thread = serve_metrics(0, "127.0.0.1", directory=store)
                     try:
                         url = f"http://127.0.0.1:{server.server_port}/metrics"
                         console.print(
-                            f"[bold]workermeter demo[/bold]: gunicorn (pid {pid}) with {WORKERS} "
-                            f"sync workers on http://127.0.0.1:{port}, {seconds:g} s of traffic",
+                            f"[bold]workermeter demo[/bold]: {sample.server} (pid {pid}) with "
+                            f"{sample.workers} {sample.kind} on http://127.0.0.1:{port}, "
+                            f"{seconds:g} s of traffic",
                             highlight=False,
                         )
                         watch = Watch(url, title="workermeter demo")
-                        ramp = Ramp(port, ramp=seconds * RAMP_SHARE)
+                        if args.asgi:
+                            ramp = Ramp(port, ramp=seconds * RAMP_SHARE, mix=ASGI_MIX,
+                                        peak=ASGI_PEAK_RATE)  # fmt: skip
+                        else:
+                            ramp = Ramp(port, ramp=seconds * RAMP_SHARE)
                         _show(console, watch, ramp, seconds)
-                        _conclude(console, watch, ramp)
+                        _conclude(console, watch, ramp, sample)
                     finally:
                         server.shutdown()
                         server.server_close()
