@@ -42,7 +42,7 @@ PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-ch
 # The event-loop tests also run their servers on the oldest and newest Python pyenv has here:
 # asyncio's internals differ between versions. Each gets a virtual environment with the servers;
 # workermeter itself is imported from src/.
-loop_deps=(uvicorn uvloop httptools starlette anyio gunicorn gevent prometheus-client psutil)
+loop_deps=(uvicorn uvloop httptools starlette anyio gunicorn packaging gevent prometheus-client psutil)
 for version in 3.10 3.13; do
     found=$(ls -d "${PYENV_ROOT:-/root/.pyenv}/versions/$version".*/bin/python 2>/dev/null | tail -1)
     [ -n "$found" ] || continue

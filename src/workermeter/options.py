@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from . import server
 from .instance import ENV_DIR, default_directory
 from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
 
@@ -106,6 +109,37 @@ class Meter:
 
             exposition = self._exposition = Exposition(self.recorder.store)
         return exposition
+
+    def _attach_when_ready(self, frame: FrameType | None) -> None:
+        """Count this worker from now, before its first request, when the server says the
+        process is one of its workers (``frame`` is where the app is being built); in a pre-fork
+        master, count each worker from its fork. Elsewhere the first request attaches."""
+        found = server.worker(frame)
+        if found is not None:
+            self._attach_worker(found)
+        elif server.master(frame):
+            self.recorder.after_fork_in_child = self._attach_forked
+            server.on_uwsgi_fork(self._attach_forked)
+
+    def _attach_forked(self) -> None:
+        found = server.worker(sys._getframe(1))  # the stack of the fork: the worker it is for
+        if found is not None:
+            self._attach_worker(found)
+
+    def _attach_worker(self, found: server.Capacity) -> None:
+        try:
+            active = self._attach(multithread=found.threads != 1, capacity=found.threads)
+            if active is not None and found.server.startswith("gunicorn Gevent"):
+                from . import eventloop
+
+                words = eventloop.loop_words(active, active.header, self.recorder.clock)
+                eventloop.install_gevent(words)
+        except Exception:  # counting early is worth less than serving: the request attaches
+            log.exception("workermeter: cannot count the worker before its first request")
+            return
+        if found.threads is not None and self.recorder.threads is None:
+            log.info("workermeter: %s, %s threads per process (%s)", found.server,
+                     found.threads, found.source)  # fmt: skip
 
     def _attach(self, *, multithread: bool, capacity: int | None) -> Active | None:
         """This process's recorder state; None when the store cannot be used, so requests are

@@ -448,6 +448,9 @@ class Recorder:
         self.wall_clock = wall_clock
         self.cpu_clock = cpu_clock
         self.active: Active | None = None
+        # Called in a child forked from a process that never recorded (a pre-fork master):
+        # the middleware attaches the worker there, before its first request.
+        self.after_fork_in_child: Callable[[], object] | None = None
         self._store: _store.Store | None = None
         self._lock = threading.Lock()
         ref = weakref.ref(self)
@@ -483,3 +486,5 @@ def _forget_after_fork(ref: weakref.ref[Recorder]) -> None:
     if recorder.active is not None:
         recorder.active.region.abandon()
         recorder.active = None
+    elif recorder.after_fork_in_child is not None:
+        recorder.after_fork_in_child()

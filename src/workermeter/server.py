@@ -10,7 +10,7 @@ rather than guessing.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -63,13 +63,18 @@ def _uwsgi() -> Capacity | None:
 
 
 def _from_stack(frame: FrameType | None) -> Capacity | None:
-    """Find the server's worker object among the ``self`` of the frames serving this request."""
+    """Find the server's worker object among the ``self`` of the frames serving this request
+    (or loading the app in a worker), or as the ``worker`` gunicorn's arbiter is forking."""
     depth = 0
     while frame is not None and depth < 64:
-        owner = frame.f_locals.get("self")
+        f_locals = frame.f_locals
+        owner = f_locals.get("self")
         module = type(owner).__module__ if owner is not None else ""
         if module.startswith("gunicorn.workers."):
             return _gunicorn(owner)
+        forked = f_locals.get("worker")
+        if module == "gunicorn.arbiter" and type(forked).__module__.startswith("gunicorn.workers."):
+            return _gunicorn(forked)
         if module.startswith("waitress."):
             found = _waitress(owner)
             if found is not None:
@@ -118,6 +123,60 @@ def _waitress(owner: Any) -> Capacity | None:
         if threads is not None:
             return Capacity("waitress", threads, 1, "waitress threads")
     return None
+
+
+def _in_master(frame: FrameType | None) -> bool:
+    """Whether the stack is that of a pre-fork server's master: gunicorn's arbiter, or uWSGI's
+    master loading the app before it forks."""
+    module = sys.modules.get("uwsgi")
+    if module is not None and hasattr(module, "worker_id"):
+        return bool(module.worker_id() == 0)
+    depth = 0
+    while frame is not None and depth < 64:
+        owner = frame.f_locals.get("self")
+        if owner is not None and type(owner).__module__ in (
+            "gunicorn.arbiter",
+            "gunicorn.app.base",
+        ):
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
+
+
+def worker(frame: FrameType | None) -> Capacity | None:
+    """What the server says about this process when it is one of the server's workers, ready
+    to serve (the app is being loaded in it, or it is being forked for it); None when the
+    process is not known to be a worker (a master, a script, a server that does not tell)."""
+    module = sys.modules.get("uwsgi")
+    if module is not None and hasattr(module, "worker_id"):
+        return _uwsgi() if module.worker_id() > 0 else None
+    found = _mod_wsgi() or _from_stack(frame)
+    if found is not None and found.server == "uvicorn":
+        return None  # an ASGI server: the lifespan says when a worker is ready
+    return found
+
+
+def on_uwsgi_fork(callback: Callable[[], object]) -> None:
+    """Call ``callback`` in each worker uWSGI forks from here: uWSGI forks in C and runs no
+    Python at-fork hook, only its own ``uwsgi.post_fork_hook``, which is chained (a hook set
+    before is still called). Nothing happens outside uWSGI."""
+    module = sys.modules.get("uwsgi")
+    if module is None or not hasattr(module, "worker_id"):
+        return
+    previous = getattr(module, "post_fork_hook", None)
+
+    def hook() -> None:
+        if callable(previous):
+            previous()
+        callback()
+
+    setattr(module, "post_fork_hook", hook)  # noqa: B010 - a C module mypy knows no stub of
+
+
+def master(frame: FrameType | None) -> bool:
+    """Whether this process is a pre-fork server's master, which forks workers from itself."""
+    return worker(frame) is None and _in_master(frame)
 
 
 def detect(environ: Mapping[str, Any] | None = None, frame: FrameType | None = None) -> Capacity:

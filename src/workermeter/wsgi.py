@@ -83,6 +83,12 @@ class WSGIMiddleware(Meter):
     # mod_wsgi's own environ keys are added when the first request shows it is mod_wsgi.
     _start_keys: tuple[str, ...] = _START_KEYS
 
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        super().__init__(app, **options)
+        # The app is built as the worker loads it (or in a master before it forks): a worker
+        # counts in the capacity from then on, not from its first request.
+        self._attach_when_ready(sys._getframe(1))
+
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path. Its steps are written out rather than split into helper calls: each call
         # costs as much as several of these statements.
