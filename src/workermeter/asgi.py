@@ -11,6 +11,7 @@ from typing import Any
 from . import eventloop, threadpool
 from .access import allowed
 from .integrations import route_from_scope
+from .listeners import own_listening_inodes
 from .options import Meter
 from .recorder import (
     P_DISCONNECTS,
@@ -22,7 +23,7 @@ from .recorder import (
     content_longer,
 )
 from .request_start import queue_wait
-from .server import detect
+from .server import Capacity, detect
 
 log = logging.getLogger("workermeter")
 
@@ -68,7 +69,7 @@ class ASGIMiddleware(Meter):
                 await self._websocket(scope, receive, send)
             else:
                 if kind == "lifespan" and self.recorder.active is None:
-                    self._activate()  # ready to serve: count from now, measure the loop
+                    self._starting(detect(None, sys._getframe(1)))
                 await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -147,9 +148,25 @@ class ASGIMiddleware(Meter):
             if steps is not None:
                 lane.sampled(route, method, steps.cpu, steps.held, now - t0)
 
-    def _activate(self) -> Active | None:
-        # The frame that called __call__ belongs to the server (or to middleware above us).
-        found = detect(None, sys._getframe(1).f_back)
+    def _starting(self, found: Capacity, tries: int = 100) -> None:
+        """The lifespan startup: the worker is ready to serve, so it counts from now and its
+        loop is measured from now. Its store is named after its listening socket, which uvicorn
+        listens on only once the startup is complete: until then, look again every 50 ms."""
+        if self.recorder.active is not None:
+            return
+        if self.recorder.knows_directory() or own_listening_inodes() or tries <= 0:
+            self._activate(found)
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on asyncio: the first request attaches
+            return
+        loop.call_later(0.05, self._starting, found, tries - 1)
+
+    def _activate(self, found: Capacity | None = None) -> Active | None:
+        if found is None:
+            # The frame that called __call__ belongs to the server (or to middleware above us).
+            found = detect(None, sys._getframe(1).f_back)
         # Requests of one event loop run in one thread: the level needs no lock.
         active = self._attach(multithread=False, capacity=found.threads)
         if active is None:

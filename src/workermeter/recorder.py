@@ -456,6 +456,11 @@ class Recorder:
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: _forget_after_fork(ref))
 
+    def knows_directory(self) -> bool:
+        """Whether the store directory is told (the ``directory`` option or
+        ``$WORKERMETER_DIR``), rather than found from the server's listening socket."""
+        return not callable(self._directory) or bool(os.environ.get("WORKERMETER_DIR"))
+
     def store(self) -> _store.Store:
         """The store directory, created on first use."""
         if self._store is None:

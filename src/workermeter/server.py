@@ -81,6 +81,8 @@ def _from_stack(frame: FrameType | None) -> Capacity | None:
                 return found
         if module.startswith("uvicorn.protocols."):
             return _uvicorn(owner)
+        if module.startswith("uvicorn.lifespan."):  # the lifespan startup: its config is at hand
+            return _uvicorn_config(getattr(owner, "config", None))
         frame = frame.f_back
         depth += 1
     return None
@@ -105,7 +107,10 @@ def _uvicorn(cycle: Any) -> Capacity:
 
     An event loop has no fixed number of slots: only ``--limit-concurrency`` bounds it."""
     protocol = getattr(getattr(cycle, "on_response", None), "__self__", None)
-    config = getattr(protocol, "config", None)
+    return _uvicorn_config(getattr(protocol, "config", None))
+
+
+def _uvicorn_config(config: Any) -> Capacity:
     return Capacity(
         "uvicorn",
         _positive(getattr(config, "limit_concurrency", None)),

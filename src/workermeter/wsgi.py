@@ -85,6 +85,8 @@ class WSGIMiddleware(Meter):
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
         super().__init__(app, **options)
+        if hasattr(sys.modules.get("mod_wsgi"), "threads_per_process"):
+            self._start_keys = _START_KEYS + _MOD_WSGI_KEYS  # in mod_wsgi's daemon process
         # The app is built as the worker loads it (or in a master before it forks): a worker
         # counts in the capacity from then on, not from its first request.
         self._attach_when_ready(sys._getframe(1))
