@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from simulation import Result, simulate
 from workermeter.capacity import (
+    BlockingRoute,
+    LoopDemand,
     Machine,
     Suggestion,
     Targets,
@@ -470,3 +472,201 @@ def test_docs_use_only_declared_metrics() -> None:
     used = set(re.findall(r"workermeter_[a-z_]+", DOC.read_text(encoding="utf-8")))
     assert used
     assert used <= declared, f"not in the metric contract: {sorted(used - declared)}"
+
+
+# --- async workers: event loops -----------------------------------------------------------------
+
+
+def loops_box(**changes: Any) -> Machine:
+    figures: dict[str, Any] = dict(
+        cores=4, memory_total=4 * GIB, process_rss=200 * MIB, process_uss=50 * MIB
+    )
+    figures.update(changes)
+    return Machine(**figures)
+
+
+def test_async_suggestion_counts_loops_at_their_target() -> None:
+    # 1.5 loop-seconds per second at 50 requests/s: 30 ms of loop time per request, 90 % CPU.
+    app = Workload(
+        peak_rate=50, service_time=0.04, cpu_share=0.5, loops=LoopDemand(busy=1.5, cpu_share=0.9)
+    )
+    answer = suggest(app, loops_box())
+    assert answer.event_loops and not answer.loop_blocked and not answer.pool_limited
+    # ceil(1.5 / 0.6) = ceil(2.5) = 3 loops, one thread each, each 50 % busy.
+    assert (answer.slots_for_utilisation, answer.processes, answer.threads) == (3, 3, 1)
+    assert (answer.machines, answer.offered_load, answer.utilisation) == (1, 1.5, 0.5)
+    # Each loop is M/G/1 at 0.5 with cv 1: W = rho / (1 - rho) x 30 ms = 30 ms; p95 is
+    # ln(0.5 / 0.05) x 30 ms / (1 - 0.5).
+    assert answer.mean_wait == pytest.approx(0.03)
+    assert answer.wait_at_quantile == pytest.approx(math.log(10) * 0.06)
+    assert answer.cpu_ceiling == pytest.approx(4 / 0.9)
+    assert answer.reasons[0] == (
+        "At the peak of 50 requests/s the event loops are busy 1.50 loop-seconds per second "
+        "(the sum of the workers' event-loop utilisation): 1.50 loops' worth of work, 30 ms of "
+        "loop time per request."
+    )
+    assert answer.reasons[1].endswith(
+        "Keeping each loop at most 60% busy needs 1.50 / 0.6 = 3 loops, rounded up."
+    )
+    assert answer.reasons[-1] == (
+        "One machine is enough: 3 processes x 1 thread = 3 event loops, each 50% busy at the "
+        "peak, mean wait for the loop 30 ms, p95 138 ms."
+    )
+    # The same demand as sync slots at 0.8 would be 2: a loop gets more headroom.
+    assert suggest(Workload(peak_rate=50, service_time=0.03, cpu_share=0.9), loops_box()).slots == 2
+
+
+def test_async_memory_ceiling_counts_every_worker_at_its_full_rss() -> None:
+    # Spawned workers share nothing: (4096 - 1024) // 200 = 15, where USS would allow 58.
+    box = loops_box()
+    assert (box.spawned_ceiling, box.memory_ceiling) == (15, 58)
+    app = Workload(
+        peak_rate=50, service_time=0.04, cpu_share=0.5, loops=LoopDemand(busy=1.5, cpu_share=0.9)
+    )
+    answer = suggest(app, box)
+    assert answer.memory_ceiling == 15
+    assert any("fits 15 worker processes at their full RSS of 200 MiB" in r for r in answer.reasons)
+    # A 1 GiB worker: 3 fit, and 2.4 loop-seconds need ceil(2.4 / 0.6) = 4: two machines of 2.
+    big = loops_box(process_rss=1024 * MIB, process_uss=100 * MIB)
+    heavy = Workload(
+        peak_rate=80, service_time=0.04, cpu_share=0.5, loops=LoopDemand(busy=2.4, cpu_share=0.5)
+    )
+    split = suggest(heavy, big)
+    assert (split.memory_ceiling, split.limited_by, split.machines, split.processes) == (
+        3, "memory", 2, 2,
+    )  # fmt: skip
+
+
+def test_async_cpu_bound_loops_are_capped_by_cores() -> None:
+    # 3 loop-seconds of CPU on 2 cores: 5 loops needed, the cores run 2; 3 machines of 2 loops.
+    app = Workload(
+        peak_rate=100, service_time=0.03, cpu_share=1.0, loops=LoopDemand(busy=3.0, cpu_share=1.0)
+    )
+    answer = suggest(app, loops_box(cores=2, processes=4))
+    assert (answer.cpu_ceiling, answer.limited_by) == (2.0, "cpu")
+    assert (answer.machines, answer.processes, answer.threads) == (3, 2, 1)
+    assert answer.utilisation == pytest.approx(0.5)
+    assert (
+        "2 cores keep at most 2.0 loops busy, so the 5 loops needed take 3 machines behind a load "
+        "balancer, each with 2 processes x 1 thread = 2 event loops, each 50% busy at the peak"
+    ) in " ".join(answer.reasons)
+    (limit,) = [r for r in answer.reasons if "cores are the limit" in r]
+    assert limit.startswith("The loops are CPU-bound and the 2 cores are the limit")
+    assert any("they want 4.0 cores of 2" in r for r in answer.reasons)
+
+
+def test_async_blocking_is_said_first_and_routes_longest_first() -> None:
+    blocking = (
+        BlockingRoute("/b", per_request=0.01, loop_share=0.2),
+        BlockingRoute("/a", per_request=0.03, loop_share=0.6),
+        BlockingRoute("/c", per_request=0.001, loop_share=0.01),  # too little to name
+        BlockingRoute("/d", per_request=0.005, loop_share=0.2),
+    )
+    app = Workload(
+        peak_rate=40,
+        service_time=0.05,
+        cpu_share=0.1,
+        loops=LoopDemand(busy=1.0, cpu_share=0.2, blocking=blocking),
+    )
+    answer = suggest(app, loops_box())
+    assert answer.loop_blocked
+    assert answer.blocking_routes == ("/a", "/b", "/d")
+    assert answer.reasons[0] == (
+        "First, a blocking call holds the event loop: only 20% of the loops' busy time is CPU, "
+        "and for the other 0.80 loop-seconds per second a worker serves nothing else. The routes "
+        "holding it without the CPU: /a (30 ms per request, 60% of the loops' busy time), /b "
+        "(10 ms per request, 20% of the loops' busy time), /d (5 ms per request, 20% of the "
+        "loops' busy time). Fix that before adding processes (await an async client, or run the "
+        "call in a thread: a plain def endpoint, or anyio.to_thread.run_sync): more processes "
+        "only spread the blocking over more loops."
+    )
+    assert answer.processes == 2  # then the sizing: ceil(1.0 / 0.6)
+    # Mostly CPU: no blocking first, but a route that blocks is still named, later.
+    cpu = Workload(
+        peak_rate=40,
+        service_time=0.05,
+        cpu_share=0.7,
+        loops=LoopDemand(busy=1.0, cpu_share=0.7, blocking=blocking[1:2]),
+    )
+    mostly = suggest(cpu, loops_box())
+    assert not mostly.loop_blocked and mostly.blocking_routes == ("/a",)
+    assert not mostly.reasons[0].startswith("First")
+    assert any(
+        r.startswith("Some routes hold the loop without using the CPU: /a") for r in mostly.reasons
+    )
+
+
+def test_async_thread_pool_as_the_limit() -> None:
+    pool = LoopDemand(busy=0.3, cpu_share=0.9, pool_threads=4, pool_utilisation=1.0, pool_wait=0.5)
+    answer = suggest(
+        Workload(peak_rate=30, service_time=0.2, cpu_share=0.1, loops=pool), loops_box()
+    )
+    assert answer.pool_limited and not answer.loop_blocked
+    assert answer.reasons[0] == (
+        "The thread pool that runs sync endpoints is the limit, not the loop: tasks waited 0.50 "
+        "task-seconds per second for one of its 4 threads per worker, 100% of them taken at the "
+        "peak. Raise the limiter's total_tokens (anyio.to_thread.current_default_thread_limiter()"
+        ".total_tokens = N at startup) or make those endpoints async def."
+    )
+    idle = LoopDemand(busy=0.3, cpu_share=0.9, pool_threads=40, pool_utilisation=0.25)
+    calm = suggest(Workload(peak_rate=30, service_time=0.2, cpu_share=0.1, loops=idle), loops_box())
+    assert not calm.pool_limited
+    assert (
+        "The thread pool that runs sync endpoints had at most 25% of its 40 threads per worker "
+        "taken and no task waited for a thread: it is not the limit."
+    ) in calm.reasons
+
+
+def test_async_saturated_loops_are_a_lower_bound() -> None:
+    app = Workload(
+        peak_rate=40,
+        service_time=0.03,
+        cpu_share=0.9,
+        utilisation=0.97,
+        loops=LoopDemand(busy=0.97, cpu_share=0.9),
+    )
+    answer = suggest(app, loops_box(processes=1))
+    assert answer.lower_bound and answer.current_utilisation == pytest.approx(0.97)
+    assert answer.reasons[-1].startswith(
+        "The loops were saturated (measured event-loop utilisation 97%, the demand fills 97% of "
+        "the current loops)"
+    )
+
+
+def test_async_wait_target_per_loop() -> None:
+    # 1.5 loop-seconds, 30 ms per request; each of n loops an M/G/1 at 1.5 / n: the p95 is
+    # ln(rho / 0.05) x 30 ms / (1 - rho): 48.8 ms for 8 loops, 55.5 ms for 7.
+    app = Workload(
+        peak_rate=50, service_time=0.04, cpu_share=0.5, loops=LoopDemand(busy=1.5, cpu_share=0.9)
+    )
+    answer = suggest(app, loops_box(cores=16), Targets(wait=0.05))
+    assert (answer.slots_for_wait, answer.processes, answer.machines) == (8, 8, 1)
+    assert wait_percentile(1, 1.5 / 8, 0.03) <= 0.05 < wait_percentile(1, 1.5 / 7, 0.03)
+    assert answer.wait_at_quantile == pytest.approx(math.log(3.75) * 0.03 / 0.8125)
+    # On 4 cores 8 loops of 90 % CPU do not fit (4.4 at most): two machines of 4.
+    split = suggest(app, loops_box(), Targets(wait=0.05))
+    assert (split.limited_by, split.machines, split.processes) == ("cpu", 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        pytest.param(lambda: LoopDemand(busy=-1, cpu_share=0.5), "busy", id="busy"),
+        pytest.param(lambda: LoopDemand(busy=1, cpu_share=1.5), "cpu_share", id="share"),
+        pytest.param(
+            lambda: LoopDemand(busy=1, cpu_share=0.5, pool_threads=0), "pool_threads", id="pool"
+        ),
+        pytest.param(
+            lambda: LoopDemand(busy=1, cpu_share=0.5, blocking=["/a"]),  # type: ignore[arg-type]
+            "blocking",
+            id="blocking",
+        ),
+        pytest.param(
+            lambda: BlockingRoute("/a", per_request=0.1, loop_share=2), "loop_share", id="route"
+        ),
+        pytest.param(lambda: Targets(loop_utilisation=0), "loop_utilisation", id="target"),
+    ],
+)
+def test_async_invalid_input_says_what_to_pass(call: Any, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        call()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -309,3 +311,83 @@ def test_logs_bad_input_is_one_line(
     capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
     assert message in one_line_error(capsys, ["suggest", *argv])
+
+
+# ------------------------------------------------------------------------------ async workers
+
+
+@contextlib.contextmanager
+def loop_uvicorn(tmp_path: Path, workers: int = 2) -> Iterator[servers.Server]:
+    """uvicorn ``--workers N`` on asyncio serving ``tests/apps/loop_app.py``, every request
+    sampled (so each route's held and CPU time is known)."""
+
+    def argv(port: int) -> list[str]:
+        return [
+            sys.executable, "-m", "uvicorn", "apps.loop_app:app",
+            "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+            "--loop", "asyncio", "--app-dir", str(servers.TESTS),
+            "--no-access-log", "--timeout-graceful-shutdown", "3",
+        ]  # fmt: skip
+
+    env = servers.server_env(tmp_path / "store", LOOP_APP_CPU_SAMPLE="1")
+    server = servers.launch(
+        "uvicorn", argv, log=tmp_path / "uvicorn.log", env=env,
+        ready_log=("Application startup complete.", workers),
+    )  # fmt: skip
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_async_answer_names_the_blocking_route_live_and_from_prometheus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 10/s of a 30 ms time.sleep inside async def and 10/s of 10 ms CPU: about 0.4 of one loop,
+    # three quarters of it held without the CPU.
+    with (
+        loop_uvicorn(tmp_path) as app,
+        paced(app.url, 10.0, "/block?ms=30") as blocked,
+        paced(app.url, 10.0, "/spin?ms=10") as spun,
+        prometheus(tmp_path, app.port) as prom,
+    ):
+        wait_for_samples(prom.url, 6)
+        live = run_json(capsys, "--metrics", app.url, "--for", "5s")
+        stored = run_json(
+            capsys, "--prometheus", prom.url, "--selector", '{job="app"}', "--window", "10s"
+        )
+        assert main(["suggest", "--metrics", app.url, "--for", "2s"]) == 0
+        text = capsys.readouterr().out
+    assert set(blocked) == {200} and set(spun) == {200}
+
+    for answer in (live, stored):
+        loops = answer["measured"]["workload"]["loops"]
+        # Wide bounds: two shared cores; the point is which route, not the third digit.
+        assert 0.25 < loops["busy"] < 0.8, loops
+        assert loops["cpu_share"] < 0.5, loops
+        assert loops["blocking"][0]["route"] == "/block", loops
+        assert loops["blocking"][0]["per_request"] == pytest.approx(0.03, abs=0.01)
+        s = answer["suggestion"]
+        assert (s["event_loops"], s["loop_blocked"], s["threads"]) == (True, True, 1)
+        assert s["blocking_routes"] == ["/block"]
+        assert s["reasons"][0].startswith("First, a blocking call holds the event loop")
+        assert "/block (" in s["reasons"][0]
+        assert s["processes"] == math.ceil(loops["busy"] / 0.6 - 1e-9)
+    # Two workers, each at its full RSS.
+    assert live["measured"]["machine"]["processes"] == 2
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("First: "))
+    suggestion = next(i for i, line in enumerate(lines) if line.startswith("Suggestion: "))
+    assert first < suggestion
+    assert lines[first].startswith("First: a blocking call holds the event loop (/block)")
+    assert lines[suggestion].endswith("(uvicorn --workers " + lines[suggestion].split()[1] + ")")
+    assert any(line.startswith("  event loops   ") for line in lines)
+
+
+def test_a_sync_answer_says_nothing_of_loops() -> None:
+    measured = measurement()
+    answer = suggest(measured.workload, measured.machine)
+    assert not answer.event_loops and answer.blocking_routes == ()
+    text = explain(measured, answer)
+    assert "First:" not in text and "event loops" not in text
+    assert "(gunicorn --workers 4 --threads 1)" in text

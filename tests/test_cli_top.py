@@ -12,9 +12,10 @@ from rich.console import Console
 
 import servers
 from workermeter import observe
-from workermeter.capacity import MIB
+from workermeter.capacity import MIB, BlockingRoute
 from workermeter.cli import main
 from workermeter.cli.top import Watch, bar, frame
+from workermeter.observe_loops import Loops
 
 
 def observation(**changes: Any) -> observe.Observation:
@@ -190,3 +191,70 @@ def test_once_against_a_real_gunicorn(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "Workers" in out and "/sleep" in out
     assert "processes   2 x 1 thread" in out
     assert "Suggestion: " in out
+
+
+def async_observation() -> observe.Observation:
+    loops = Loops(
+        seconds=5.0,
+        elu={"0": 0.7, "1": 0.5},
+        measured={"0": 1.0, "1": 0.4},
+        methods={"0": "uvloop", "1": "uvloop"},
+        busy=1.2,
+        loops=2.0,
+        cpu_share=0.25,
+        blocking=(BlockingRoute("/block", per_request=0.03, loop_share=0.75),),
+        pool_threads={"0": 4, "1": 4},
+        pool_busy={"0": 2.0, "1": 1.0},
+        pool_wait={"0": 0.3, "1": 0.0},
+    )
+    return observation(
+        utilisation=0.6,
+        worker_utilisation={},
+        worker_all_busy={},
+        all_busy_share=None,
+        capacity={},
+        routes=(
+            observe.RouteStats("/block", 200.0, 40.0, 6.0, 0.03, 0.01, 1.0),
+            observe.RouteStats("/io", 100.0, 20.0, 4.0, 0.04, 0.01, 0.02),
+        ),
+        loops=loops,
+    )
+
+
+def test_frame_of_an_async_job() -> None:
+    text = render(frame(async_observation(), "http://app/metrics"))
+    lines = text.splitlines()
+    assert "event loops     ████████████░░░░░░░░  60%" in text
+    assert "processes   2 event loops" in text
+    assert "thread pool     8 threads, 38% taken, tasks waited 0.30 s per second: the limit" in text
+    head = next(line for line in lines if "ELU" in line)
+    assert [c.strip() for c in head.split("┃")[1:-1]][3:6] == ["busy", "ELU", "pool"]
+    worker = next(line for line in lines if "4242" in line)
+    assert "███████░░░  70%" in worker and "50%" in worker  # ELU, and half its pool taken
+    assert "Not every event loop was measured for all of the last 5 s: worker 1 for 40%" in (
+        text.replace("\n", " ")
+    )
+    block = next(line for line in lines if "/block" in line and "│" in line)
+    assert block.split("│")[-2].strip() == "100%"  # held the loop all its time
+    assert "First: a blocking call holds the event loop (/block): fix it before adding" in text
+    assert "First: the thread pool that runs sync endpoints is the limit, not the loop." in text
+    # ceil(1.2 / 0.6) loops, each 60 % busy.
+    assert "Suggestion: 2 processes x 1 thread (event loops)" in text
+    assert "60% busy at this rate, wait for the loop mean" in text
+
+
+def test_once_against_a_real_uvicorn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with servers.uvicorn(tmp_path, workers=2, store=tmp_path / "store") as app:
+        load = threading.Thread(
+            target=servers.drive, args=(app.url, ["/sleep?ms=100"] * 24), kwargs={"clients": 4}
+        )
+        load.start()
+        try:
+            code = main(["top", app.url, "--once", "--interval", "0.6"])
+        finally:
+            load.join()
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "event loops " in out and "ELU" in out and "loop held" in out
+    assert "processes   2 event loops" in out
+    assert "Suggestion: 1 process x 1 thread (event loops)" in out  # awaiting: idle loops

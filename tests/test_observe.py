@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from workermeter import observe
-from workermeter.capacity import MIB, Machine
+from workermeter.capacity import MIB, Machine, suggest
 
 # Two scrapes 10 s apart. Between them: /a served 200 requests of 40-50 ms (9 s in all), /b 100
 # of 100-125 ms (11 s); 2 workers with 2 threads each were busy 12 s and 8 s; 300 queue waits.
@@ -622,3 +622,281 @@ def test_prometheus_selector_must_be_labels() -> None:
     fetch, _ = fake_prometheus(PROM)
     with pytest.raises(observe.SourceError, match="not a label selector"):
         observe.measure_prometheus("http://p:9090", selector="{a}{b}", fetch=fetch)
+
+
+# ------------------------------------------------------------------------ async workers' loops
+
+# Two uvicorn workers, 10 s apart. Worker 0 (uvloop) was busy 6 s of 10; worker 1 started during
+# the window (its series appear in the second scrape) and was measured 4 s, busy 1 s, with the
+# late-probe estimate. /block sleeps 30 ms inside async def, /spin computes 10 ms, /await awaits.
+LOOPS_BEFORE = """\
+# TYPE workermeter_requests_total counter
+workermeter_requests_total{method="GET",route="/block",status="2xx"} 50.0
+workermeter_requests_total{method="GET",route="/spin",status="2xx"} 50.0
+workermeter_requests_total{method="GET",route="/await",status="2xx"} 50.0
+# TYPE workermeter_request_duration_seconds histogram
+workermeter_request_duration_seconds_count{method="GET",route="/block"} 50.0
+workermeter_request_duration_seconds_sum{method="GET",route="/block"} 1.5
+workermeter_request_duration_seconds_count{method="GET",route="/spin"} 50.0
+workermeter_request_duration_seconds_sum{method="GET",route="/spin"} 0.5
+workermeter_request_duration_seconds_count{method="GET",route="/await"} 50.0
+workermeter_request_duration_seconds_sum{method="GET",route="/await"} 2.0
+# TYPE workermeter_sampled_cpu_seconds_total counter
+workermeter_sampled_cpu_seconds_total{route="/block"} 0.004
+workermeter_sampled_cpu_seconds_total{route="/spin"} 0.1
+workermeter_sampled_cpu_seconds_total{route="/await"} 0.001
+# TYPE workermeter_sampled_duration_seconds_total counter
+workermeter_sampled_duration_seconds_total{route="/block"} 0.4
+workermeter_sampled_duration_seconds_total{route="/spin"} 0.1
+workermeter_sampled_duration_seconds_total{route="/await"} 0.5
+# TYPE workermeter_sampled_event_loop_seconds_total counter
+workermeter_sampled_event_loop_seconds_total{route="/block"} 0.4
+workermeter_sampled_event_loop_seconds_total{route="/spin"} 0.1
+workermeter_sampled_event_loop_seconds_total{route="/await"} 0.003
+# TYPE workermeter_busy_seconds_total counter
+workermeter_busy_seconds_total{worker="0"} 4.0
+# TYPE workermeter_event_loop_busy_seconds_total counter
+workermeter_event_loop_busy_seconds_total{method="uvloop",worker="0"} 2.0
+# TYPE workermeter_event_loop_observed_seconds_total counter
+workermeter_event_loop_observed_seconds_total{method="uvloop",worker="0"} 20.0
+# TYPE workermeter_thread_pool_busy_seconds_total counter
+workermeter_thread_pool_busy_seconds_total{worker="0"} 1.0
+# TYPE workermeter_thread_pool_wait_seconds_total counter
+workermeter_thread_pool_wait_seconds_total{worker="0"} 0.0
+# TYPE workermeter_thread_pool_size gauge
+workermeter_thread_pool_size{worker="0"} 40.0
+# TYPE workermeter_process_cpu_seconds_total counter
+workermeter_process_cpu_seconds_total{worker="0"} 3.0
+# TYPE workermeter_capacity_detected gauge
+workermeter_capacity_detected{worker="0"} 0.0
+# TYPE workermeter_worker_pid gauge
+workermeter_worker_pid{worker="0"} 201.0
+# TYPE workermeter_workers gauge
+workermeter_workers 1.0
+# TYPE workermeter_process_resident_memory_bytes gauge
+workermeter_process_resident_memory_bytes{worker="0"} 1.048576e+08
+# TYPE workermeter_host_memory_total_bytes gauge
+workermeter_host_memory_total_bytes 4294967296.0
+# TYPE workermeter_host_cpu_count gauge
+workermeter_host_cpu_count 2.0
+"""
+
+LOOPS_AFTER = """\
+# TYPE workermeter_requests_total counter
+workermeter_requests_total{method="GET",route="/block",status="2xx"} 200.0
+workermeter_requests_total{method="GET",route="/spin",status="2xx"} 150.0
+workermeter_requests_total{method="GET",route="/await",status="2xx"} 250.0
+# TYPE workermeter_request_duration_seconds histogram
+workermeter_request_duration_seconds_count{method="GET",route="/block"} 200.0
+workermeter_request_duration_seconds_sum{method="GET",route="/block"} 6.0
+workermeter_request_duration_seconds_count{method="GET",route="/spin"} 150.0
+workermeter_request_duration_seconds_sum{method="GET",route="/spin"} 1.5
+workermeter_request_duration_seconds_count{method="GET",route="/await"} 250.0
+workermeter_request_duration_seconds_sum{method="GET",route="/await"} 10.0
+# TYPE workermeter_sampled_cpu_seconds_total counter
+workermeter_sampled_cpu_seconds_total{route="/block"} 0.016
+workermeter_sampled_cpu_seconds_total{route="/spin"} 0.34
+workermeter_sampled_cpu_seconds_total{route="/await"} 0.006
+# TYPE workermeter_sampled_duration_seconds_total counter
+workermeter_sampled_duration_seconds_total{route="/block"} 1.6
+workermeter_sampled_duration_seconds_total{route="/spin"} 0.35
+workermeter_sampled_duration_seconds_total{route="/await"} 2.5
+# TYPE workermeter_sampled_event_loop_seconds_total counter
+workermeter_sampled_event_loop_seconds_total{route="/block"} 1.6
+workermeter_sampled_event_loop_seconds_total{route="/spin"} 0.35
+workermeter_sampled_event_loop_seconds_total{route="/await"} 0.023
+# TYPE workermeter_busy_seconds_total counter
+workermeter_busy_seconds_total{worker="0"} 16.0
+workermeter_busy_seconds_total{worker="1"} 2.0
+# TYPE workermeter_event_loop_busy_seconds_total counter
+workermeter_event_loop_busy_seconds_total{method="uvloop",worker="0"} 8.0
+workermeter_event_loop_busy_seconds_total{method="lag_estimate",worker="1"} 1.0
+# TYPE workermeter_event_loop_observed_seconds_total counter
+workermeter_event_loop_observed_seconds_total{method="uvloop",worker="0"} 30.0
+workermeter_event_loop_observed_seconds_total{method="lag_estimate",worker="1"} 4.0
+# TYPE workermeter_thread_pool_busy_seconds_total counter
+workermeter_thread_pool_busy_seconds_total{worker="0"} 5.0
+workermeter_thread_pool_busy_seconds_total{worker="1"} 0.0
+# TYPE workermeter_thread_pool_wait_seconds_total counter
+workermeter_thread_pool_wait_seconds_total{worker="0"} 0.0
+workermeter_thread_pool_wait_seconds_total{worker="1"} 0.0
+# TYPE workermeter_thread_pool_size gauge
+workermeter_thread_pool_size{worker="0"} 40.0
+workermeter_thread_pool_size{worker="1"} 40.0
+# TYPE workermeter_process_cpu_seconds_total counter
+workermeter_process_cpu_seconds_total{worker="0"} 4.5
+workermeter_process_cpu_seconds_total{worker="1"} 0.6
+# TYPE workermeter_capacity_detected gauge
+workermeter_capacity_detected{worker="0"} 0.0
+workermeter_capacity_detected{worker="1"} 0.0
+# TYPE workermeter_worker_pid gauge
+workermeter_worker_pid{worker="0"} 201.0
+workermeter_worker_pid{worker="1"} 202.0
+# TYPE workermeter_workers gauge
+workermeter_workers 2.0
+# TYPE workermeter_process_resident_memory_bytes gauge
+workermeter_process_resident_memory_bytes{worker="0"} 1.048576e+08
+workermeter_process_resident_memory_bytes{worker="1"} 1.2582912e+08
+# TYPE workermeter_process_unique_memory_bytes gauge
+workermeter_process_unique_memory_bytes{worker="0"} 4.194304e+07
+workermeter_process_unique_memory_bytes{worker="1"} 6.291456e+07
+# TYPE workermeter_host_memory_total_bytes gauge
+workermeter_host_memory_total_bytes 4294967296.0
+# TYPE workermeter_host_cpu_count gauge
+workermeter_host_cpu_count 2.0
+"""
+
+
+def loops_two() -> observe.Observation:
+    return observe.observe(
+        [observe.parse_scrape(LOOPS_BEFORE, 10.0), observe.parse_scrape(LOOPS_AFTER, 20.0)]
+    )
+
+
+def test_a_sync_scrape_has_no_loops() -> None:
+    obs = two()
+    assert obs.loops is None
+    assert obs.workload().loops is None
+    assert all(r.held_share is None for r in obs.routes)
+
+
+def test_event_loop_utilisation_per_worker_and_together() -> None:
+    obs = loops_two()
+    loops = obs.loops
+    assert loops is not None
+    assert loops.elu == pytest.approx({"0": 0.6, "1": 0.25})
+    assert loops.measured == pytest.approx({"0": 1.0, "1": 0.4})
+    assert loops.methods == {"0": "uvloop", "1": "lag_estimate"}
+    # 7 loop-seconds in 10 s over 14 loop-seconds observed: demand 0.7, ELU 0.5 together.
+    assert (loops.busy, loops.loops, loops.utilisation) == pytest.approx((0.7, 1.4, 0.5))
+    assert obs.utilisation == pytest.approx(0.5)  # an async job's utilisation is its ELU
+    assert obs.worker_utilisation == {}  # no capacity: busy slots say nothing here
+    # Process CPU 1.5 + 0.6 (the new worker's from 0) over 7 loop-seconds.
+    assert loops.cpu_share == pytest.approx(0.3)
+    assert loops.pool_threads == {"0": 40, "1": 40}
+    assert loops.pool_utilisation == pytest.approx({"0": 0.01, "1": 0.0})
+    assert loops.pool_wait == {"0": 0.0, "1": 0.0}
+
+
+def test_the_blocking_route_is_named_first() -> None:
+    obs = loops_two()
+    assert obs.loops is not None
+    # /block: held 1.2 s of 1.2 s sampled, CPU 0.012: 99 % of its 4.5 s held without the CPU.
+    # /await: 0.015 of its 0.02 s held was not CPU (75 %), 0.0075 of its 8 s; /spin is CPU.
+    block, wait = obs.loops.blocking
+    assert (block.route, wait.route) == ("/block", "/await")
+    assert block.per_request == pytest.approx(0.99 * 4.5 / 150)
+    assert block.loop_share == pytest.approx(0.99 * 4.5 / 7.0)
+    assert wait.loop_share == pytest.approx(0.0075 * 8.0 / 7.0)
+    routes = {r.route: r for r in obs.routes}
+    assert routes["/block"].held_share == pytest.approx(1.0)
+    assert routes["/await"].held_share == pytest.approx(0.01)
+    w = obs.workload()
+    assert w.loops is not None and w.utilisation == pytest.approx(0.5)
+    answer = suggest(w, obs.machine())
+    assert answer.event_loops and answer.loop_blocked
+    assert answer.blocking_routes == ("/block",)  # /await's 0.1 % is not worth naming
+    assert answer.reasons[0].startswith(
+        "First, a blocking call holds the event loop: only 30% of the loops' busy time is CPU, "
+        "and for the other 0.49 loop-seconds per second a worker serves nothing else. The routes "
+        "holding it without the CPU: /block (30 ms per request, 64% of the loops' busy time)."
+    )
+    assert (answer.processes, answer.threads) == (2, 1)  # ceil(0.7 / 0.6)
+    # Every worker at its full RSS: (4096 - 1024) // 120.
+    assert answer.memory_ceiling == 25
+
+
+def test_measure_metrics_says_which_loops_were_measured_for_part_of_the_window() -> None:
+    t = FakeTime()
+    texts = iter([LOOPS_BEFORE, LOOPS_AFTER])
+    measured = observe.measure_metrics(
+        "127.0.0.1:8000", 10.0, interval=10.0, fetch=lambda u, s: next(texts), clock=t.clock,
+        sleep=t.sleep,
+    )  # fmt: skip
+    assert measured.workload.loops is not None
+    assert measured.workload.loops.busy == pytest.approx(0.7)
+    assert measured.notes[1:] == (
+        "Not every event loop was measured for all of the 10 s sampled: worker 1 for 40% (a "
+        "worker that started during it, or was not scraped). Their ELU covers that part only, and "
+        "the loops' demand counts what they did then.",
+        "The event-loop utilisation of worker 1 is an estimate (method lag_estimate): no hook "
+        "into that loop exists, so it is the share of timer probes that ran late, which reads low "
+        "(0.41 and 0.83 for true loads of 0.5 and 0.9 when it was tried).",
+    )
+    assert measured.notes[0] == "The service time's variability is unknown; cv 1 is assumed."
+
+
+def fake_prometheus_rows(
+    answers: dict[str, list[tuple[dict[str, str], float]]],
+) -> Callable[[str, float], str]:
+    """Like :func:`fake_prometheus`, with the labels of every row given."""
+
+    def fetch(url: str, timeout: float) -> str:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["query"][0]
+        rows = next((v for k, v in answers.items() if query.startswith(k)), [])
+        result = [{"metric": labels, "value": [0, str(v)]} for labels, v in rows]
+        return json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    return fetch
+
+
+def test_prometheus_asks_for_the_loops_of_an_async_job() -> None:
+    answers: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for key, val in PROM.items():
+        if isinstance(val, list):
+            answers[key] = [({"le": le}, float(v)) for le, v in val]
+        else:
+            answers[key] = [({}, float(val))]  # type: ignore[arg-type]
+    busy = "workermeter_event_loop_busy_seconds_total"
+
+    def routes(block: float, spin: float) -> list[tuple[dict[str, str], float]]:
+        return [({"route": "/block"}, block), ({"route": "/spin"}, spin)]
+
+    answers.update(
+        {
+            f"count by (worker, method) (last_over_time({busy}": [
+                ({"worker": "0", "method": "uvloop"}, 1),
+                ({"worker": "1", "method": "uvloop"}, 1),
+            ],
+            f"max_over_time(sum(rate({busy}": [({}, 1.2)],
+            f"max_over_time((sum(rate({busy}": [({}, 0.6)],
+            f"sum(increase({busy}": [({}, 3000)],
+            "sum(increase(workermeter_process_cpu_seconds_total": [({}, 600)],
+            "last_over_time(workermeter_process_cpu_seconds_total": [({"worker": "0"}, 9)],
+            "sum by (route) (increase(workermeter_sampled_event_loop": routes(100, 50),
+            "sum by (route) (increase(workermeter_sampled_cpu": routes(1, 49),
+            "sum by (route) (increase(workermeter_sampled_duration": routes(101, 50),
+            "sum by (route) (increase(workermeter_request_duration_seconds_sum": routes(1616, 800),
+            "sum by (route) (increase(workermeter_request_duration_seconds_count": routes(
+                16000, 8e4
+            ),
+            "max(last_over_time(workermeter_thread_pool_size": [({}, 40)],
+            "max_over_time((sum(rate(workermeter_thread_pool_busy": [({}, 1.0)],
+            "max_over_time(sum(rate(workermeter_thread_pool_wait": [({}, 0.2)],
+            "sum by (worker) (increase(workermeter_event_loop_observed": [
+                ({"worker": "0"}, 86400),
+                ({"worker": "1"}, 43200),
+            ],
+        }
+    )
+    measured = observe.measure_prometheus(
+        "http://p:9090", window=86400, fetch=fake_prometheus_rows(answers), now=lambda: 1e9
+    )
+    w = measured.workload
+    assert w.utilisation == 0.6  # the loops' highest ELU, not busy slots
+    assert w.loops is not None
+    (block,) = w.loops.blocking  # /spin held the loop on the CPU
+    assert block.route == "/block"
+    assert block.loop_share == pytest.approx(99 / 101 * 1616 / 3000)
+    assert block.per_request == pytest.approx(99 / 101 * 1616 / 16000)
+    assert (w.loops.busy, w.loops.cpu_share) == (1.2, 0.2)
+    assert (w.loops.pool_threads, w.loops.pool_utilisation, w.loops.pool_wait) == (40, 1.0, 0.2)
+    assert measured.notes[-1].startswith(
+        "Not every event loop was measured for all of the last 1 day: worker 1 for 50%"
+    )
+    answer = suggest(w, measured.machine)
+    assert answer.loop_blocked and answer.pool_limited
+    assert answer.blocking_routes == ("/block",)
+    assert answer.reasons[0].startswith("First, a blocking call holds the event loop")
+    assert answer.reasons[1].startswith("The thread pool that runs sync endpoints is the limit")
+    assert answer.processes == 2  # ceil(1.2 / 0.6)

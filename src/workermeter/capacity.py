@@ -16,6 +16,9 @@ variation cv (0 = always the same, 1 = exponential). From that:
   the first at its RSS, each further one at its USS), and the fewest machines whose share of the
   load fits both.
 
+Async workers (uvicorn, gunicorn's uvicorn worker, gevent) are sized by their event loops instead
+(:mod:`workermeter.loop_capacity`): a workload with ``loops`` gets that answer from :func:`suggest`.
+
 Assumptions: Poisson arrivals, one queue per machine, a service time that does not grow with load
 (true inside the CPU ceiling), steady state. Against a simulation (docs/capacity.md) the mean wait
 is within 5 % for exponential service times, and for fixed ones within 5 % at 80-90 % utilisation
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "BlockingRoute",
+    "LoopDemand",
     "Machine",
     "Suggestion",
     "Targets",
@@ -213,6 +218,64 @@ def _slots_for_wait(
 
 
 @dataclass(frozen=True)
+class BlockingRoute:
+    """A route whose requests hold an event loop without using the CPU: a blocking call
+    (``time.sleep``, a sync database driver or HTTP client) inside ``async def``.
+
+    :param route: the route template.
+    :param per_request: seconds each request held the loop without the CPU, on average.
+    :param loop_share: its share of the loops' busy time, 0..1.
+    """
+
+    route: str
+    per_request: float
+    loop_share: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.route, str):
+            raise ValueError(f"route must be a route template (str), got {self.route!r}")
+        _real("per_request", self.per_request, "seconds per request >= 0", 0.0)
+        _real("loop_share", self.loop_share, "a share of the loops' busy time, 0..1", 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class LoopDemand:
+    """What the event loops of async workers (one loop per worker process) were asked to do.
+
+    :param busy: loop-seconds per second at the peak: the sum of every worker's event-loop
+        utilisation (ELU), that is how many loops' worth of work there was.
+    :param cpu_share: share of that busy time spent on the CPU (the workers' CPU time over their
+        loops' busy time), 0..1. The rest is a loop held without the CPU: a blocking call.
+    :param blocking: routes that hold the loops without the CPU, in any order.
+    :param pool_threads: threads of each worker's thread pool (anyio's limiter, which runs sync
+        endpoints), if the workers have one.
+    :param pool_utilisation: share of the pools' thread-seconds taken at the peak, 0..1.
+    :param pool_wait: task-seconds per second spent waiting for a thread of the pools.
+    """
+
+    busy: float
+    cpu_share: float
+    blocking: tuple[BlockingRoute, ...] = ()
+    pool_threads: int | None = None
+    pool_utilisation: float | None = None
+    pool_wait: float = 0.0
+
+    def __post_init__(self) -> None:
+        _real("busy", self.busy, "loop-seconds per second >= 0 (the sum of the ELUs)", 0.0)
+        _real("cpu_share", self.cpu_share, "the CPU time / loop busy time share, 0..1", 0.0, 1.0)
+        if not isinstance(self.blocking, tuple) or not all(
+            isinstance(b, BlockingRoute) for b in self.blocking
+        ):
+            raise ValueError(f"blocking must be a tuple of BlockingRoute, got {self.blocking!r}")
+        if self.pool_threads is not None:
+            _count("pool_threads", self.pool_threads)
+        if self.pool_utilisation is not None:
+            what = "a measured share of the pool's thread-seconds, 0..1 (or None)"
+            _real("pool_utilisation", self.pool_utilisation, what, 0.0, 1.0)
+        _real("pool_wait", self.pool_wait, "task-seconds per second >= 0", 0.0)
+
+
+@dataclass(frozen=True)
 class Workload:
     """What the app is asked to do, measured over a window (a busy day, say).
 
@@ -229,9 +292,11 @@ class Workload:
     :param utilisation: measured share of the current slots' time spent busy, 0..1.
     :param all_busy_share: measured share of time during which every slot was busy, 0..1.
     :param wait_growing: whether queue wait or the listen backlog kept growing over the window.
+    :param loops: for async workers, what their event loops did; the suggestion then counts
+        loops (processes), not slots, and ``utilisation`` is the loops' ELU.
 
-    The last three describe the current setting; any of them showing saturation makes the
-    suggestion a lower bound.
+    ``utilisation``, ``all_busy_share`` and ``wait_growing`` describe the current setting; any of
+    them showing saturation makes the suggestion a lower bound.
     """
 
     peak_rate: float
@@ -242,6 +307,7 @@ class Workload:
     utilisation: float | None = None
     all_busy_share: float | None = None
     wait_growing: bool = False
+    loops: LoopDemand | None = None
 
     def __post_init__(self) -> None:
         _real("peak_rate", self.peak_rate, "requests per second >= 0", 0.0)
@@ -257,6 +323,8 @@ class Workload:
                 _real(name, value, "a measured share of time, 0..1 (or None)", 0.0, 1.0)
         if not isinstance(self.wait_growing, bool):
             raise ValueError(f"wait_growing must be True or False, got {self.wait_growing!r}")
+        if self.loops is not None and not isinstance(self.loops, LoopDemand):
+            raise ValueError(f"loops must be a LoopDemand or None, got {self.loops!r}")
 
 
 @dataclass(frozen=True)
@@ -318,6 +386,13 @@ class Machine:
             return 0
         return 1 + free // (self.process_uss or self.process_rss)
 
+    @property
+    def spawned_ceiling(self) -> int:
+        """Worker processes that fit when each costs its full RSS: spawned workers (uvicorn
+        ``--workers``) share no pages with each other, so their USS does not apply."""
+        free = self.memory_total - self.reserve_system - self.reserve_other
+        return max(0, free // self.process_rss)
+
 
 @dataclass(frozen=True)
 class Targets:
@@ -373,6 +448,12 @@ class Suggestion:
     :param limited_by: what forced more than one machine: ``"cpu"`` or ``"memory"``.
     :param lower_bound: the inputs show saturation, so real demand may be higher.
     :param reasons: one plain-English sentence per step, in order.
+    :param event_loops: the answer counts event loops (async workers, one thread each): the
+        slot fields then count loops, and utilisation is event-loop utilisation.
+    :param loop_blocked: most of the loops' busy time was not CPU: a blocking call holds them,
+        and the reasons say so first.
+    :param blocking_routes: routes named for holding the loop without the CPU, most first.
+    :param pool_limited: the thread pool that runs sync endpoints, not the loop, is the limit.
     """
 
     processes: int
@@ -391,6 +472,10 @@ class Suggestion:
     limited_by: Literal["cpu", "memory"] | None
     lower_bound: bool
     reasons: tuple[str, ...]
+    event_loops: bool = False
+    loop_blocked: bool = False
+    blocking_routes: tuple[str, ...] = ()
+    pool_limited: bool = False
 
     @property
     def slots(self) -> int:
@@ -431,6 +516,9 @@ def suggest(
         suggest(Workload(peak_rate=15, service_time=0.2, cpu_share=0.9),
                 Machine(cores=2, memory_total=4 << 30, process_rss=150 << 20))
 
+    An async workload (``workload.loops`` set) is sized by its event loops instead: see
+    :func:`workermeter.loop_capacity.suggest_loops`.
+
     :param workload: the rate, service time and CPU share, and any signs of saturation.
     :param machine: cores, memory and the current setting of one machine.
     :param targets: utilisation and wait targets; ``Targets()`` (80 % busy) by default.
@@ -440,6 +528,11 @@ def suggest(
     """
     targets = Targets() if targets is None else targets
     max_threads = _count("max_threads", max_threads)
+    if workload.loops is not None:
+        # Imported here: the loop model builds on this module's types and formulas.
+        from .loop_capacity import suggest_loops
+
+        return suggest_loops(workload, workload.loops, machine, targets)
     rate, service = workload.peak_rate, workload.service_time
     share, target = workload.cpu_share, targets.utilisation
     factor = (1.0 + workload.service_cv**2) / 2.0

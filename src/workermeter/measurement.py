@@ -12,7 +12,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .capacity import Machine, Workload
@@ -21,6 +21,8 @@ from .capacity import Machine, Workload
 ENV_TOKEN = "WORKERMETER_TOKEN"
 #: ``fetch(url, timeout) -> body``; raises :class:`SourceError` with a one-line reason.
 Fetch = Callable[[str, float], str]
+#: A series: its sample name and its labels.
+Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 class SourceError(Exception):
@@ -200,3 +202,27 @@ def machine_of(
 def ratio(num: float, den: float) -> float | None:
     """``num / den``, or None when there is nothing to divide by."""
     return num / den if den > 0 else None
+
+
+class Counts:
+    """Counter increases over a window (summed over consecutive scrapes), read by name and
+    label: what :mod:`workermeter.observe` and :mod:`workermeter.observe_loops` compute from."""
+
+    def __init__(self, values: Mapping[Key, float]) -> None:
+        self.values = values
+
+    def sum(self, name: str) -> float:
+        return sum(v for (n, _), v in self.values.items() if n == name)
+
+    def by(self, name: str, *labels: str) -> dict[tuple[str, ...], float]:
+        out: dict[tuple[str, ...], float] = {}
+        for (n, ls), v in self.values.items():
+            if n == name:
+                d = dict(ls)
+                key = tuple(d.get(label, "") for label in labels)
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+    def buckets(self, name: str) -> list[tuple[float, float]]:
+        """A histogram's cumulative bucket counts summed over its other labels, by bound."""
+        return sorted((float(le), v) for (le,), v in self.by(name + "_bucket", "le").items())

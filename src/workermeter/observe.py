@@ -2,11 +2,12 @@
 
 Two sources, one result. A live ``/metrics`` endpoint is scraped two or more times over a window
 and the counters' differences give rates: arrival rate, mean service time and its variability,
-CPU share, utilisation, queue wait percentiles. A Prometheus server is asked the same questions in
-PromQL over a longer window, with the peak rate taken as the highest 5-minute rate in it (that
-source is :mod:`workermeter.prometheus_source`, re-exported here). Both end as a
-:class:`Measurement`: a :class:`~workermeter.capacity.Workload` and a
-:class:`~workermeter.capacity.Machine`, plus what was seen, for people to check.
+CPU share, utilisation, queue wait percentiles (for async workers, the event loops' figures come
+from :mod:`workermeter.observe_loops`, and utilisation is their event-loop utilisation). A
+Prometheus server is asked the same questions in PromQL over a longer window, with the peak rate
+taken as the highest 5-minute rate in it (that source is :mod:`workermeter.prometheus_source`,
+re-exported here). Both end as a :class:`Measurement`: a :class:`~workermeter.capacity.Workload`
+and a :class:`~workermeter.capacity.Machine`, plus what was seen, for people to check.
 
 Counters restart from zero when the server restarts (its store is new). A series whose value went
 down between two scrapes is taken to have restarted, and its whole new value is counted as the
@@ -33,7 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from . import metrics as m
 from .capacity import Machine, Workload
 from .measurement import (
+    Counts,
     Fetch,
+    Key,
     Measurement,
     SourceError,
     bucket_cv,
@@ -45,6 +48,7 @@ from .measurement import (
     ratio,
     rounded_rate,
 )
+from .observe_loops import Loops, loop_notes, loops
 
 __all__ = [
     "Fetch",
@@ -71,8 +75,6 @@ __all__ = [
 #: than ``GROWTH_FLOOR`` seconds above it, counts as "queue wait kept growing".
 GROWTH = 1.5
 GROWTH_FLOOR = 0.005
-
-Key = tuple[str, frozenset[tuple[str, str]]]
 
 
 # --------------------------------------------------------------------------------- small parsers
@@ -274,36 +276,15 @@ def _total(increases: Iterable[Mapping[Key, float]]) -> dict[Key, float]:
     return out
 
 
-class _Counts:
-    """Summed increases, read by name and label."""
-
-    def __init__(self, values: Mapping[Key, float]) -> None:
-        self.values = values
-
-    def sum(self, name: str) -> float:
-        return sum(v for (n, _), v in self.values.items() if n == name)
-
-    def by(self, name: str, *labels: str) -> dict[tuple[str, ...], float]:
-        out: dict[tuple[str, ...], float] = {}
-        for (n, ls), v in self.values.items():
-            if n == name:
-                d = dict(ls)
-                key = tuple(d.get(label, "") for label in labels)
-                out[key] = out.get(key, 0.0) + v
-        return out
-
-    def buckets(self, name: str) -> list[tuple[float, float]]:
-        """A histogram's cumulative bucket counts summed over its other labels, by bound."""
-        return sorted((float(le), v) for (le,), v in self.by(name + "_bucket", "le").items())
-
-
 # --------------------------------------------------------------------------------- observation
 
 
 @dataclass(frozen=True)
 class RouteStats:
-    """One route over the window: ``busy`` is its service time summed (slot-seconds), and
-    ``cpu_share`` its sampled CPU time over sampled service time (None when none was sampled)."""
+    """One route over the window: ``busy`` is its service time summed (slot-seconds),
+    ``cpu_share`` its sampled CPU time over sampled service time (None when none was sampled),
+    and ``held_share`` its sampled event-loop time over the same (async workers only): held but
+    not CPU is a blocking call."""
 
     route: str
     requests: float
@@ -311,6 +292,7 @@ class RouteStats:
     busy: float
     service_time: float | None
     cpu_share: float | None
+    held_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -329,8 +311,9 @@ class Observation:
     :param cpu_share: sampled CPU time / sampled service time.
     :param process_cpu_share: the workers' CPU time / their busy time: the fallback when no
         request was sampled (it also counts work outside requests, such as answering scrapes).
-    :param utilisation: busy slot-seconds / (seconds x slots), slots from the last scrape.
-    :param worker_utilisation: the same for each worker process.
+    :param utilisation: busy slot-seconds / (seconds x slots), slots from the last scrape; for
+        an async job (``loops``), the loops' event-loop utilisation instead.
+    :param worker_utilisation: busy slot-seconds / (seconds x slots) for each worker process.
     :param worker_all_busy: share of time each worker process had every slot busy.
     :param all_busy_share: share of time every slot of every worker was busy, at least: exact for
         one worker, a lower bound for more (1 - the sum of the shares each was not full).
@@ -352,6 +335,7 @@ class Observation:
     :param memory_total: the host's memory, bytes.
     :param backlog: connections waiting in the listen queue, if the server exposes it.
     :param routes: per route, busiest first.
+    :param loops: the event loops and thread pools of an async job; None for a sync one.
     """
 
     seconds: float
@@ -382,11 +366,14 @@ class Observation:
     memory_total: int | None
     backlog: float | None
     routes: tuple[RouteStats, ...] = field(default=())
+    loops: Loops | None = None
 
     def workload(self) -> Workload:
         """The capacity model's workload at the observed rate (the window is taken as the peak).
 
-        The CPU share is the sampled one, else the workers' CPU over busy time, else 0.
+        The CPU share is the sampled one, else the workers' CPU over busy time, else 0. An
+        async job's workload carries its loops' demand.
+
         :raises SourceError: if no request completed in the window.
         """
         if self.requests <= 0 or not self.service_time:
@@ -403,6 +390,7 @@ class Observation:
             utilisation=None if self.utilisation is None else clamp_share(self.utilisation),
             all_busy_share=self.all_busy_share,
             wait_growing=self.wait_growing,
+            loops=None if self.loops is None else self.loops.demand(),
         )
 
     def machine(self) -> Machine:
@@ -440,7 +428,7 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
     if not seconds > 0:
         raise ValueError("the scrapes must be in time order, at different times")
     steps = _increases(scrapes)
-    d = _Counts(_total(steps))
+    d = Counts(_total(steps))
     last = scrapes[-1]
 
     requests = d.sum(m.REQUESTS.name + "_total")
@@ -451,6 +439,7 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
     busy_by = {w: v for (w,), v in d.by(m.BUSY.name + "_total", "worker").items()}
     busy = sum(busy_by.values())
     process_cpu = d.sum(m.PROCESS_CPU.name + "_total")
+    event_loops = loops(d, seconds, last.gauge_by(m.POOL_SIZE.name, "worker"))
 
     capacity = {w: round(v) for w, v in last.gauge_by(m.CAPACITY.name, "worker").items() if v}
     slots = sum(capacity.values())
@@ -492,7 +481,9 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
         service_cv=bucket_cv(d.buckets(m.DURATION.name)),
         cpu_share=ratio(cpu, cpu_wall),
         process_cpu_share=ratio(process_cpu, busy),
-        utilisation=ratio(busy, seconds * slots),
+        utilisation=(
+            ratio(busy, seconds * slots) if event_loops is None else event_loops.utilisation
+        ),
         worker_utilisation=worker_utilisation,
         worker_all_busy=worker_all_busy,
         all_busy_share=all_busy_share,
@@ -515,6 +506,7 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
         memory_total=round(sum(memory.values())) if memory else None,
         backlog=backlog,
         routes=_routes(d, seconds),
+        loops=event_loops,
     )
 
 
@@ -524,7 +516,7 @@ def _wait_growing(steps: Sequence[Mapping[Key, float]]) -> bool:
     half = len(steps) // 2
     means = []
     for part in (steps[:half], steps[half:]):
-        counts = _Counts(_total(part))
+        counts = Counts(_total(part))
         means.append(
             ratio(counts.sum(m.QUEUE_WAIT.name + "_sum"), counts.sum(m.QUEUE_WAIT.name + "_count"))
         )
@@ -534,12 +526,13 @@ def _wait_growing(steps: Sequence[Mapping[Key, float]]) -> bool:
     return second > GROWTH * first and second - first > GROWTH_FLOOR
 
 
-def _routes(d: _Counts, seconds: float) -> tuple[RouteStats, ...]:
+def _routes(d: Counts, seconds: float) -> tuple[RouteStats, ...]:
     requests = d.by(m.REQUESTS.name + "_total", "route")
     sums = d.by(m.DURATION.name + "_sum", "route")
     counts = d.by(m.DURATION.name + "_count", "route")
     cpu = d.by(m.CPU.name + "_total", "route")
     wall = d.by(m.CPU_WALL.name + "_total", "route")
+    held = d.by(m.LOOP_HELD.name + "_total", "route")
     routes = []
     for (route,), n in requests.items():
         if n <= 0:
@@ -553,6 +546,7 @@ def _routes(d: _Counts, seconds: float) -> tuple[RouteStats, ...]:
                 busy=sums.get(key, 0.0),
                 service_time=ratio(sums.get(key, 0.0), counts.get(key, 0.0)),
                 cpu_share=ratio(cpu.get(key, 0.0), wall.get(key, 0.0)),
+                held_share=ratio(held[key], wall.get(key, 0.0)) if key in held else None,
             )
         )
     return tuple(sorted(routes, key=lambda r: (-r.busy, r.route)))
@@ -580,6 +574,11 @@ def measure_metrics(
     notes = cpu_notes(obs.cpu_share, obs.process_cpu_share)
     if obs.service_cv is None:
         notes.append("The service time's variability is unknown; cv 1 is assumed.")
+    if obs.loops is not None:
+        window = f"the {obs.seconds:.0f} s sampled"
+        notes += loop_notes(
+            obs.loops.measured, obs.loops.methods, obs.loops.cpu_share is not None, window
+        )
     return Measurement(
         source=f"{url}, sampled for {obs.seconds:.0f} s",
         seconds=obs.seconds,

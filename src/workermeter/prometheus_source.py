@@ -1,6 +1,8 @@
 """Ask a Prometheus server, over its HTTP API, for the capacity model's inputs: the same
 questions as a live ``/metrics`` sample, in PromQL over a longer window, with the peak rate taken
 as the highest 5-minute rate in it, ending as the same :class:`~workermeter.observe.Measurement`.
+For an async job (one with event-loop series) it also asks for the loops' demand at its peak, their
+CPU share, the routes that hold them without the CPU and the thread pool's use.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import metrics as m
-from .capacity import Workload
+from .capacity import LoopDemand, Workload
 from .measurement import (
     Fetch,
     Measurement,
@@ -28,6 +30,7 @@ from .measurement import (
     ratio,
     rounded_rate,
 )
+from .observe_loops import blocking_routes, loop_notes
 
 __all__ = ["RATE_RANGE", "measure_prometheus", "prometheus_get"]
 
@@ -107,7 +110,9 @@ def measure_prometheus(
     all slots were busy are taken at their highest too (they only serve to say whether the
     workers were saturated). Service time, its variability, CPU share and queue wait are over
     the whole window; memory is the largest any worker had; cores, host memory, processes and
-    threads are their last values.
+    threads are their last values. For an async job, the loops' demand and their ELU are taken
+    at their highest like the rate, and so are the pool's use and waits; the CPU share and the
+    blocking routes are over the whole window.
 
     ``selector`` (``{job="app"}``) must pick out one server: the model sizes one machine.
 
@@ -173,6 +178,9 @@ def measure_prometheus(
         f"max_over_time(clamp_min(1 - sum(1 - rate({series(m.ALL_BUSY, '_total')}[{r}])), 0)"
         f"[{w}:{res}])"
     )
+    loops, loop_elu, loop_notes_ = _loops(prom, series, window, r, res)
+    if loops is not None:
+        utilisation = loop_elu
     cv = bucket_cv(increases_by_le(m.DURATION))
     waits = increases_by_le(m.QUEUE_WAIT)
 
@@ -190,6 +198,7 @@ def measure_prometheus(
     notes = cpu_notes(cpu_share, process_cpu_share)
     if cv is None:
         notes.append("The service time's variability is unknown; cv 1 is assumed.")
+    notes += loop_notes_
     share = cpu_share if cpu_share is not None else process_cpu_share
     peak = rounded_rate(peak)
     workload = Workload(
@@ -200,6 +209,7 @@ def measure_prometheus(
         typical_rate=min(rounded_rate(typical), peak) if typical is not None else None,
         utilisation=None if utilisation is None else clamp_share(utilisation),
         all_busy_share=None if all_busy is None else clamp_share(all_busy),
+        loops=loops,
     )
     machine = machine_of(
         cores=cores,
@@ -218,6 +228,71 @@ def measure_prometheus(
         queue_wait_p95=bucket_quantile(0.95, waits),
         notes=tuple(notes),
     )
+
+
+Series = Callable[[m.Metric, str], str]
+
+
+def _loops(
+    prom: _Prometheus, series: Series, window: float, r: str, res: str
+) -> tuple[LoopDemand | None, float | None, list[str]]:
+    """The loops' demand, their highest ELU and the notes about them; None for a sync job."""
+    w = _promql_duration(window)
+    busy, observed = series(m.LOOP_BUSY, "_total"), series(m.LOOP_OBSERVED, "_total")
+    methods = prom.query(f"count by (worker, method) (last_over_time({busy}[{w}]))")
+    if not methods:
+        return None, None, []
+    demand = prom.scalar(f"max_over_time(sum(rate({busy}[{r}]))[{w}:{res}])") or 0.0
+    elu = prom.scalar(
+        f"max_over_time((sum(rate({busy}[{r}])) / sum(rate({observed}[{r}])))[{w}:{res}])"
+    )
+
+    def increase(name: str) -> float:
+        return prom.scalar(f"sum(increase({name}[{w}]))") or 0.0
+
+    def by_route(name: str) -> dict[str, float]:
+        rows = prom.query(f"sum by (route) (increase({name}[{w}]))")
+        return {labels.get("route", ""): v for labels, v in rows}
+
+    loop_busy = increase(busy)
+    process = increase(series(m.PROCESS_CPU, "_total"))
+    cpu_known = bool(prom.query(f"last_over_time({series(m.PROCESS_CPU, '_total')}[{w}])"))
+    share = clamp_share(process / loop_busy) if cpu_known and loop_busy > 0 else 1.0
+    blocking = blocking_routes(
+        held=by_route(series(m.LOOP_HELD, "_total")),
+        cpu=by_route(series(m.CPU, "_total")),
+        sampled=by_route(series(m.CPU_WALL, "_total")),
+        busy=by_route(series(m.DURATION, "_sum")),
+        requests=by_route(series(m.DURATION, "_count")),
+        loop_busy=loop_busy,
+    )
+    size = series(m.POOL_SIZE, "")
+    threads = prom.scalar(f"max(last_over_time({size}[{w}]))")
+    pool_utilisation = prom.scalar(
+        f"max_over_time((sum(rate({series(m.POOL_BUSY, '_total')}[{r}])) / sum({size}))[{w}:{res}])"
+    )
+    pool_wait = prom.scalar(
+        f"max_over_time(sum(rate({series(m.POOL_WAIT, '_total')}[{r}]))[{w}:{res}])"
+    )
+    measured = {
+        labels.get("worker", ""): v / window
+        for labels, v in prom.query(f"sum by (worker) (increase({observed}[{w}]))")
+    }
+    notes = loop_notes(
+        measured,
+        {labels.get("worker", ""): labels.get("method", "") for labels, _ in methods},
+        cpu_known,
+        f"the last {_words(window)}",
+    )
+    demand_ = LoopDemand(
+        busy=demand,
+        cpu_share=share,
+        blocking=blocking,
+        pool_threads=round(threads) if threads and threads >= 1 else None,
+        pool_utilisation=None if pool_utilisation is None else clamp_share(pool_utilisation),
+        pool_wait=max(0.0, pool_wait or 0.0),
+    )
+    return demand_, None if elu is None else clamp_share(elu), notes
 
 
 def _words(seconds: float) -> str:

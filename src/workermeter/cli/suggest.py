@@ -1,4 +1,8 @@
-"""``workermeter suggest``: how many processes x threads (and machines), with the reasons."""
+"""``workermeter suggest``: how many processes x threads (and machines), with the reasons.
+
+For async workers (uvicorn, gunicorn's uvicorn or gevent worker) the answer counts event loops,
+and says first when a blocking call or the thread pool, not the number of loops, is the limit.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from typing import Any
 import psutil
 
 from .. import observe
-from ..capacity import MIB, Machine, Suggestion, Targets, suggest
+from ..capacity import MIB, LoopDemand, Machine, Suggestion, Targets, suggest
 from . import UsageError
 
 HELP = "Suggest processes x threads (and machines) from live metrics, Prometheus or access logs."
@@ -90,6 +94,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the share of time each slot may be busy at the peak (default 0.8)",
     )
     parser.add_argument(
+        "--target-loop-utilisation",
+        type=float,
+        default=Targets().loop_utilisation,
+        metavar="SHARE",
+        help=(
+            "for async workers: the share of time each event loop may be busy at the peak "
+            f"(default {Targets().loop_utilisation:g})"
+        ),
+    )
+    parser.add_argument(
         "--target-wait",
         default=None,
         metavar="SECONDS",
@@ -110,9 +124,14 @@ def _targets(args: argparse.Namespace) -> Targets:
     if args.target_wait is not None:
         wait = _duration(args.target_wait, "--target-wait")
     try:
-        return Targets(utilisation=args.target_utilisation, wait=wait)
+        return Targets(
+            utilisation=args.target_utilisation,
+            loop_utilisation=args.target_loop_utilisation,
+            wait=wait,
+        )
     except ValueError as e:
-        raise UsageError(f"--target-utilisation: {e}") from None
+        option = "--target-loop-utilisation" if "loop_" in str(e) else "--target-utilisation"
+        raise UsageError(f"{option}: {e}") from None
 
 
 def measure(args: argparse.Namespace) -> observe.Measurement:
@@ -219,11 +238,13 @@ def explain(measured: observe.Measurement, answer: Suggestion) -> str:
             f"{mc.threads} thread{'' if mc.threads == 1 else 's'}"
         )
     if w.utilisation is not None:
-        now.append(f"{w.utilisation:.0%} busy")
+        now.append(f"{w.utilisation:.0%} busy" + (" (event-loop utilisation)" if w.loops else ""))
     if w.all_busy_share is not None:
         now.append(f"every slot busy at least {w.all_busy_share:.0%} of the time")
     if now:
         lines.append(f"  now           {', '.join(now)}")
+    if w.loops is not None:
+        lines.extend(_loop_lines(w.loops))
     p50, p95 = measured.queue_wait_p50, measured.queue_wait_p95
     if p95 is not None:
         lines.append(f"  queue wait    p50 {_ms(p50)}, p95 {_ms(p95)}")
@@ -233,10 +254,11 @@ def explain(measured: observe.Measurement, answer: Suggestion) -> str:
         f"{_bytes(mc.memory_total)}"
     )
     lines.append("")
-    lines.append(
-        f"Suggestion: {setting(answer)} "
-        f"(gunicorn --workers {answer.processes} --threads {answer.threads})"
-    )
+    lines.extend(_first(answer))
+    command = f"gunicorn --workers {answer.processes} --threads {answer.threads}"
+    if answer.event_loops:
+        command = f"uvicorn --workers {answer.processes}"
+    lines.append(f"Suggestion: {setting(answer)} ({command})")
     if answer.lower_bound:
         lines.append("  This is a lower bound: the workers were saturated while measured.")
     lines.append("Why:")
@@ -245,6 +267,38 @@ def explain(measured: observe.Measurement, answer: Suggestion) -> str:
         lines.append("Notes:")
         lines.extend(f"  - {note}" for note in measured.notes)
     return "\n".join(lines)
+
+
+def _loop_lines(loops: LoopDemand) -> list[str]:
+    lines = [
+        f"  event loops   {loops.busy:.2f} loop-seconds per second at the peak, "
+        f"{loops.cpu_share:.0%} of it on the CPU"
+    ]
+    if loops.pool_threads is not None:
+        taken = "" if loops.pool_utilisation is None else f", {loops.pool_utilisation:.0%} taken"
+        waited = (
+            f"tasks waited {loops.pool_wait:.2f} task-seconds per second"
+            if loops.pool_wait > 0
+            else "no task waited"
+        )
+        lines.append(f"  thread pool   {loops.pool_threads} threads per worker{taken}, {waited}")
+    return lines
+
+
+def _first(answer: Suggestion) -> list[str]:
+    """What to fix before sizing, said before the suggestion."""
+    first = []
+    if answer.loop_blocked:
+        where = ", ".join(answer.blocking_routes) or "no route named"
+        first.append(
+            f"First: a blocking call holds the event loop ({where}); fix it before adding "
+            f"processes (see why)."
+        )
+    if answer.pool_limited:
+        first.append(
+            "First: the thread pool that runs sync endpoints is the limit, not the loop (see why)."
+        )
+    return first
 
 
 def _finite(value: Any) -> Any:

@@ -3,7 +3,9 @@
 Every interval it scrapes the endpoint and shows the last few seconds: request rate, how busy
 each worker is, how many slots were busy how much of the time, queue wait, memory, the busiest
 routes with their CPU share, the listen backlog where the server exposes it, and what
-``workermeter suggest`` would say about that window. ``workermeter demo`` shows the same view.
+``workermeter suggest`` would say about that window. For async workers it adds each worker's
+event-loop utilisation (ELU) next to its busy slots, the thread pool's use, and the loop time each
+route holds; their utilisation is the loops'. ``workermeter demo`` shows the same view.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from typing import TYPE_CHECKING
 
 from .. import observe
 from ..capacity import MIB, Suggestion, suggest
+from ..observe_loops import loop_notes
 from . import UsageError
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.table import Table
     from rich.text import Text
+
+    from ..observe_loops import Loops
 
 # rich is imported where it is used: it comes with the [demo] extra, and building the command's
 # parser (which `workermeter --help` does for every command) must not need it.
@@ -103,8 +108,11 @@ def _overview(obs: observe.Observation) -> Table:
     setting = "—"
     if obs.processes is not None:
         setting = f"{obs.processes} x {obs.threads or '?'} thread{'' if obs.threads == 1 else 's'}"
+        if obs.loops is not None:  # one loop, on one thread, per async worker process
+            setting = f"{obs.processes} event loop{'' if obs.processes == 1 else 's'}"
     grid.add_row("requests/s", f"{obs.rate:,.1f}", "in flight", str(sum(obs.in_flight.values())))
-    grid.add_row("utilisation", bar(obs.utilisation), "processes", setting)
+    label = "utilisation" if obs.loops is None else "event loops"
+    grid.add_row(label, bar(obs.utilisation), "processes", setting)
     wait = f"p50 {_ms(obs.queue_wait_p50)}   p95 {_ms(obs.queue_wait_p95)}"
     if obs.queue_wait_p95 is None:
         wait = "— (no X-Request-Start header seen)"
@@ -120,7 +128,18 @@ def _overview(obs: observe.Observation) -> Table:
     grid.add_row("service time", service, "host", host)
     if obs.backlog is not None:
         grid.add_row("listen backlog", f"{obs.backlog:g} waiting to be accepted", "", "")
+    if obs.loops is not None and obs.loops.pool_threads:
+        grid.add_row("thread pool", _pool(obs.loops), "", "")
     return grid
+
+
+def _pool(loops: Loops) -> str:
+    """The thread pools of all workers together: threads, share taken, tasks waiting."""
+    threads = sum(loops.pool_threads.values())
+    taken = sum(loops.pool_busy.values()) / threads
+    wait = sum(loops.pool_wait.values())
+    waited = "no task waited" if wait <= 0 else f"tasks waited {wait:.2f} s per second: the limit"
+    return f"{threads} threads, {taken:.0%} taken, {waited}"
 
 
 def _workers(obs: observe.Observation) -> Table:
@@ -130,20 +149,33 @@ def _workers(obs: observe.Observation) -> Table:
     for name in ("worker", "pid", "threads"):
         table.add_column(name, justify="right")
     table.add_column("busy", no_wrap=True)
+    loops = obs.loops
+    if loops is not None:
+        table.add_column("ELU", no_wrap=True)
+        table.add_column("pool", justify="right")
     table.add_column("all busy", justify="right")
     for name in ("in flight", "RSS", "USS"):
         table.add_column(name, justify="right")
-    for worker in sorted(set(obs.pids) | set(obs.capacity), key=_number):
-        table.add_row(
+    workers = set(obs.pids) | set(obs.capacity) | (set(loops.elu) if loops else set())
+    for worker in sorted(workers, key=_number):
+        cells: list[RenderableType] = [
             worker,
             str(obs.pids.get(worker, "—")),
             str(obs.capacity.get(worker, "?")),
             bar(obs.worker_utilisation.get(worker), width=10),
+        ]
+        if loops is not None:
+            cells += [
+                bar(loops.elu.get(worker), width=10),
+                _pct(loops.pool_utilisation.get(worker)),
+            ]
+        cells += [
             _pct(obs.worker_all_busy.get(worker)),
             str(obs.in_flight.get(worker, 0)),
             _mib(obs.rss.get(worker)),
             _mib(obs.uss.get(worker)),
-        )
+        ]
+        table.add_row(*cells)
     return table
 
 
@@ -167,18 +199,24 @@ def _routes(obs: observe.Observation) -> Table:
 
     table = Table(title="Routes by busy time", title_justify="left")
     table.add_column("route", overflow="fold", max_width=40)
-    for name in ("req/s", "busy slots", "share", "mean", "CPU"):
+    names = ["req/s", "busy slots", "share", "mean", "CPU"]
+    if obs.loops is not None:
+        names.append("loop held")  # held without CPU: a blocking call
+    for name in names:
         table.add_column(name, justify="right")
     busy = sum(r.busy for r in obs.routes)
     for r in obs.routes[:ROUTES]:
-        table.add_row(
+        cells = [
             r.route,
             f"{r.rate:,.1f}",
             f"{r.busy / obs.seconds:,.2f}",
             _pct(r.busy / busy if busy else None),
             _ms(r.service_time),
             _pct(r.cpu_share),
-        )
+        ]
+        if obs.loops is not None:
+            cells.append(_pct(r.held_share))
+        table.add_row(*cells)
     return table
 
 
@@ -191,17 +229,33 @@ def suggestion_text(answer: Suggestion | None, seconds: float) -> Text:
     processes = f"{answer.processes} process" + ("" if answer.processes == 1 else "es")
     threads = f"{answer.threads} thread" + ("" if answer.threads == 1 else "s")
     machines = "" if answer.machines == 1 else f" on each of {answer.machines} machines"
-    text = Text("Suggestion: ", style="bold")
-    text.append(f"{processes} x {threads}{machines}", style="bold cyan")
+    text = Text()
+    if answer.loop_blocked:
+        where = ", ".join(answer.blocking_routes) or "no route named"
+        text.append(
+            f"First: a blocking call holds the event loop ({where}): fix it before adding "
+            f"processes.\n",
+            style="bold red",
+        )
+    if answer.pool_limited:
+        text.append(
+            "First: the thread pool that runs sync endpoints is the limit, not the loop.\n",
+            style="bold red",
+        )
+    text.append("Suggestion: ", style="bold")
+    loops = " (event loops)" if answer.event_loops else ""
+    text.append(f"{processes} x {threads}{machines}{loops}", style="bold cyan")
     if answer.lower_bound:
         text.append("  (at least: the workers were saturated)", style="bold red")
+    unit = "loop" if answer.event_loops else "slot"
+    wait = "wait for the loop" if answer.event_loops else "queue wait"
     outcome = (
-        f"\n{answer.utilisation:.0%} busy at this rate, queue wait mean "
+        f"\n{answer.utilisation:.0%} busy at this rate, {wait} mean "
         f"{_ms(answer.mean_wait)}, p95 {_ms(answer.wait_at_quantile)}; "
         f"memory fits {answer.memory_ceiling} processes"
     )
     if answer.cpu_ceiling is not None:
-        outcome += f", the cores {answer.cpu_ceiling:.1f} slots"
+        outcome += f", the cores {answer.cpu_ceiling:.1f} {unit}s"
     if answer.limited_by is not None:
         outcome += f" ({answer.limited_by} sets the number of machines)"
     text.append(outcome + ".")
@@ -229,7 +283,16 @@ def frame(
     if obs is None:
         parts.append(Text("waiting for a second scrape...", style="dim"))
         return Group(*parts)
-    parts += [_overview(obs), _workers(obs), _distribution(obs)]
+    parts += [_overview(obs), _workers(obs)]
+    if obs.loops is not None:
+        notes = loop_notes(
+            obs.loops.measured,
+            obs.loops.methods,
+            obs.loops.cpu_share is not None,
+            f"the last {obs.seconds:.0f} s",
+        )
+        parts += [Text(note, style="yellow") for note in notes]
+    parts.append(_distribution(obs))
     if obs.routes:
         parts.append(_routes(obs))
     parts.append(suggestion_text(current_suggestion(obs), obs.seconds))
