@@ -273,7 +273,7 @@ async def probe(
         if pool is not None:
             pool.publish()  # the size may have changed
         else:
-            sample = thread_pool()
+            sample = thread_pool(limiter)
             if sample is not None:
                 active.thread_pool(*sample)
 
@@ -319,15 +319,14 @@ class _Steps:
                 error = e
 
 
-def thread_pool() -> tuple[int, int] | None:
-    """(size, in use) of anyio's default thread limiter, which Starlette and FastAPI run sync
-    endpoints under; None when the app does not use anyio."""
-    to_thread = sys.modules.get("anyio.to_thread")
-    if to_thread is None:
-        return None
+def thread_pool(limiter: Any = None) -> tuple[int, int] | None:
+    """(size, in use) of ``limiter``, by default anyio's default thread limiter, which Starlette
+    and FastAPI run sync endpoints under; None when the app does not use anyio."""
+    if limiter is None:
+        limiter = threadpool.default_limiter()
+        if limiter is None:
+            return None
     try:
-        limiter = to_thread.current_default_thread_limiter()
         return int(limiter.total_tokens), int(limiter.borrowed_tokens)
-    except (RuntimeError, LookupError, OverflowError, TypeError):
-        # Not inside an anyio-aware loop, or an infinite limit: nothing to report.
+    except (OverflowError, TypeError):  # an infinite limit: nothing to report
         return None
