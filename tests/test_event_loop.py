@@ -186,7 +186,8 @@ def test_uvicorn_workers_report_the_elu_that_was_sent(
         assert held["/block"] / wall["/block"] > 0.9
         assert cpu["/block"] / wall["/block"] < 0.2
         assert held["/spin"] / wall["/spin"] > 0.9
-        assert cpu["/spin"] / wall["/spin"] > 0.8
+        # Spinning, it runs whenever it gets a CPU: at least half of one on two shared cores.
+        assert cpu["/spin"] / wall["/spin"] > 0.5
         assert held["/await"] / wall["/await"] < 0.2
 
 

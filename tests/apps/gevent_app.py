@@ -1,6 +1,7 @@
 """A WSGI application that loads gevent's hub in known ways, for ``gunicorn -k gevent``.
 
-``/spin?ms=N`` runs the CPU for N ms; ``/block?ms=N`` calls the original, unpatched
+``/spin?ms=N`` runs the CPU for N ms of wall time (the hub is held that long however the CPUs
+are shared); ``/block?ms=N`` calls the original, unpatched
 ``time.sleep`` (a blocking call the hub cannot switch away from); ``/await?ms=N`` calls
 ``time.sleep`` as monkey-patched by the gevent worker, which yields to the hub.
 """
@@ -20,8 +21,8 @@ _blocking_sleep: Callable[[float], None] = monkey.get_original("time", "sleep")
 
 
 def _spin(seconds: float) -> None:
-    end = time.thread_time() + seconds
-    while time.thread_time() < end:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
         pass
 
 

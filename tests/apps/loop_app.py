@@ -1,6 +1,7 @@
 """A Starlette application that loads its event loop in known ways, for the ELU tests.
 
-``/spin?ms=N`` runs the CPU for N ms inside ``async def``; ``/block?ms=N`` calls ``time.sleep``
+``/spin?ms=N`` runs the CPU for N ms of wall time inside ``async def`` (wall time, so that the
+loop is held for N ms however the CPUs are shared); ``/block?ms=N`` calls ``time.sleep``
 inside ``async def`` (the classic bug: the loop is held, not the CPU); ``/await?ms=N`` awaits
 ``asyncio.sleep`` (the loop is free); ``/sync?ms=N`` is a plain ``def`` endpoint, run in anyio's
 thread pool, sleeping N ms there. ``$LOOP_APP_THREADS`` sets the size of that pool,
@@ -29,8 +30,8 @@ def _ms(request: Request) -> float:
 
 
 async def spin(request: Request) -> PlainTextResponse:
-    end = time.thread_time() + _ms(request)
-    while time.thread_time() < end:
+    end = time.perf_counter() + _ms(request)
+    while time.perf_counter() < end:
         pass
     return PlainTextResponse("spun\n")
 
