@@ -119,19 +119,19 @@ class SelectorMeter:
         self._since = words.start(ASYNCIO)
 
     # The one call on the loop's path: written out, it runs on every iteration that waits.
-    # Going idle re-marks the last wake-up as idle before it reads the time (see store.py),
-    # then writes the busy time and the mark; waking up writes the mark alone.
+    # Going idle is an update of two words, between odd and even sequence words (see store.py);
+    # waking up writes the mark alone.
     def select(self, timeout: float | None = None) -> Any:
         if timeout is not None and timeout <= 0:
             return self._select(timeout)  # a poll that does not wait is busy time, as in libuv
         h = self.h
-        since = self._since
-        h[_H_MARK] = -since
-        now = self._clock()
         words = self._words
-        busy = words.busy = words.busy + now - since
-        h[_H_BUSY] = busy
+        seq = words.seq + 1
+        h[_H_SEQ] = seq
+        now = self._clock()
         h[_H_MARK] = -now
+        h[_H_BUSY] = words.busy = words.busy + now - self._since
+        h[_H_SEQ] = words.seq = seq + 1
         try:
             return self._select(timeout)
         finally:
@@ -237,12 +237,12 @@ class GeventMeter:
     def _idle(self) -> None:
         words = self._words
         h = words.h
-        since = self._since
-        h[_H_MARK] = -since
+        seq = words.seq + 1
+        h[_H_SEQ] = seq
         now = words.clock()
-        words.busy += now - since
-        h[_H_BUSY] = words.busy
         h[_H_MARK] = -now
+        h[_H_BUSY] = words.busy = words.busy + now - self._since
+        h[_H_SEQ] = words.seq = seq + 1
 
     def _busy(self) -> None:
         self._words.h[_H_MARK] = self._since = self._words.clock()

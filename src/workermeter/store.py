@@ -59,10 +59,10 @@ H_POOL_IN_USE = 14  # of them taken now
 # since, negative when it has been waiting for I/O since. A timed meter (H_LOOP_GRACE > 0)
 # updates from a timer instead: since its positive mark, a loop that missed the next update by
 # more than the grace has been busy all along since the grace ran out (an idle loop wakes for a
-# timer that is due). A scrape checks that the mark did not change while it copied: going idle
-# first re-marks the previous change as idle, then reads the time and writes the busy time and
-# the new mark, so a copy from before it counts no further than the change will commit. Updates
-# of other words also make H_LOOP_SEQ odd, then even again, as the level word does.
+# timer that is due). A change of the mark alone (waking up) is one write. Any update of more
+# words makes H_LOOP_SEQ odd, reads the time, writes the words, and makes H_LOOP_SEQ even again,
+# as the level word does: a scrape retries a copy taken mid-update or changed while it read its
+# time, so a copy counts no further than the next update commits, and no total goes back.
 H_LOOP_METHOD = 15  # index into LOOP_METHODS; 0: no loop measured
 H_LOOP_SEQ = 16
 H_LOOP_START = 17  # monotonic ns the meter was installed: observed time runs from here
