@@ -1,4 +1,4 @@
-"""The Grafana dashboard: five rows of panels, each with its unit and a line on how to read it.
+"""The Grafana dashboard: six rows of panels, each with its unit and a line on how to read it.
 
 Panels query the metrics directly with ``$__rate_interval``, so they follow the time picker and
 work without any rule loaded, except the *How many workers?* row: the suggestion is a chain of
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from workermeter import capacity
+from workermeter import capacity, observe_loops
 from workermeter import metrics as m
 
 from . import promql as q
@@ -89,6 +89,9 @@ SLOTS_NOW = f"sum by (job) ({_s(q.name(m.CAPACITY))})"
 PROCESSES_NOW = f"sum by (job) ({_s(q.name(m.WORKERS))})"
 MACHINES_NOW = f"count by (job) (max by (job, instance) ({_s(q.name(m.HOST_CPUS))}))"
 TARGET = f"{r.Settings().target:.0%}"
+LOOP_TARGET = f"{r.Settings().loop_target:.0%}"
+#: Both targets as dashed lines: event loops at the lower one, slots at the higher.
+TARGETS = ((r.Settings().loop_target, "orange"), (r.Settings().target, "red"))
 
 
 def keeping_up() -> Row:
@@ -98,24 +101,37 @@ def keeping_up() -> Row:
         (
             Panel(
                 "Utilisation",
-                f"Share of slot time spent serving requests, for the fleet and per instance. "
-                f"Above {TARGET} (the dashed line) requests start to queue: add slots.",
+                f"Busy share of the slots (sync workers) or event loops (async workers), fleet "
+                f"and per instance. Above {TARGET} for slots, {LOOP_TARGET} for loops, requests "
+                f"queue.",
                 "percentunit",
                 (
-                    Query(q.utilisation(("job",), SELECTOR, WINDOW), "fleet"),
-                    Query(q.utilisation(("instance",), SELECTOR, WINDOW), "{{instance}}"),
+                    Query(q.any_utilisation(("job",), SELECTOR, WINDOW), "fleet ({{kind}})"),
+                    Query(
+                        q.any_utilisation(("instance",), SELECTOR, WINDOW),
+                        "{{instance}} ({{kind}})",
+                    ),
                 ),
-                thresholds=((r.Settings().target, "red"),),
+                thresholds=TARGETS,
+                minimum=0,
+            ),
+            Panel(
+                "Utilisation of every job",
+                "Every job side by side, sync and async: slots' busy share or event loops' ELU. "
+                "Compare a job with its dashed target line.",
+                "percentunit",
+                (Query(q.any_utilisation(("job",), "", WINDOW), "{{job}} ({{kind}})"),),
+                thresholds=TARGETS,
                 minimum=0,
             ),
             Panel(
                 "Utilisation per worker process",
-                "Each worker process's busy share. Very uneven lines mean the server hands "
-                "requests to some workers more than others.",
+                "Each worker process's busy share (its loop's ELU for async workers). Very "
+                "uneven lines mean the server hands requests to some workers more than others.",
                 "percentunit",
                 (
                     Query(
-                        q.utilisation(("instance", "worker"), SELECTOR, WINDOW),
+                        q.any_utilisation(("instance", "worker"), SELECTOR, WINDOW),
                         "{{instance}} worker {{worker}}",
                     ),
                 ),
@@ -197,14 +213,14 @@ def keeping_up() -> Row:
 
 
 def how_many() -> Row:
-    target = r.Settings().target
+    target, loop = r.Settings().target, r.Settings().loop_target
     return Row(
         "How many workers?",
         (
             Panel(
                 "Suggested setting",
-                f"gunicorn -w processes --threads threads on each machine, to be {TARGET} busy "
-                f"at the load of the last 5 minutes: end the time range at your peak.",
+                f"Processes x threads per machine for the last 5 minutes' load, {TARGET} busy "
+                f"(async: 1 thread, loops {LOOP_TARGET} busy). End the time range at your peak.",
                 "short",
                 (
                     Query(_recorded(r.SUGGESTED_PROCESSES), "processes per machine"),
@@ -225,7 +241,11 @@ def how_many() -> Row:
                         f"max by (job) (sum by (job, instance) ({_s(q.name(m.WORKERS))}))",
                         "processes per machine",
                     ),
-                    Query(f"max by (job) ({_s(q.name(m.CAPACITY))})", "threads per process"),
+                    Query(
+                        f"count by (job) ({_s(q.counter(m.LOOP_OBSERVED))}) * 0 + 1\n"
+                        f"or\nmax by (job) ({_s(q.name(m.CAPACITY))})",
+                        "threads per process",
+                    ),
                     Query(MACHINES_NOW, "machines"),
                 ),
                 kind="stat",
@@ -234,12 +254,12 @@ def how_many() -> Row:
             ),
             Panel(
                 "Slots: busy, now and needed",
-                f"Busy slots (rate x service time), the slots there are, and the slots that "
-                f"keep them {TARGET} busy: ceil(busy / {target:g}).",
+                f"Busy slots (rate x service time) or loops (sum of ELUs), those there are, and "
+                f"those that keep them at target: ceil(busy / {target:g}), loops / {loop:g}.",
                 "short",
                 (
-                    Query(_recorded(r.BUSY_JOB), "busy"),
-                    Query(_recorded(r.SLOTS_JOB), "now"),
+                    Query(f"{_recorded(r.LOOP_BUSY_JOB)} or {_recorded(r.BUSY_JOB)}", "busy"),
+                    Query(f"{_recorded(r.LOOPS_JOB)} or {_recorded(r.SLOTS_JOB)}", "now"),
                     Query(_recorded(r.SUGGESTED_SLOTS), "needed"),
                 ),
                 minimum=0,
@@ -247,20 +267,24 @@ def how_many() -> Row:
             ),
             Panel(
                 "CPU ceiling",
-                "Slots one instance's cores keep running (cores / CPU share): slots beyond it "
+                "Slots or loops one instance's cores keep running (cores / CPU share): more "
                 "only wait for a core. Absent when the CPU share is about 0.",
                 "short",
                 (
                     Query(_recorded(r.CPU_CEILING, instance=True), "{{instance}} ceiling"),
-                    Query(_recorded(r.SLOTS_INSTANCE, instance=True), "{{instance}} slots now"),
+                    Query(
+                        f"{_recorded(r.LOOPS_INSTANCE, instance=True)}\n"
+                        f"or {_recorded(r.SLOTS_INSTANCE, instance=True)}",
+                        "{{instance}} now",
+                    ),
                 ),
                 minimum=0,
                 width=6,
             ),
             Panel(
                 "Memory ceiling",
-                "Worker processes that fit in an instance's memory after 1 GiB of reserves, "
-                "the first at its RSS and each further one at its USS, against those running.",
+                "Worker processes that fit in an instance's memory after 1 GiB of reserves: the "
+                "first at its RSS, others at their USS (async: all at RSS); against those running.",
                 "short",
                 (
                     Query(_recorded(r.MEMORY_CEILING, instance=True), "{{instance}} ceiling"),
@@ -286,6 +310,102 @@ def how_many() -> Row:
             ),
         ),
         needs_rules=True,
+    )
+
+
+def event_loops() -> Row:
+    loop_busy = q.loop_busy(("job",), SELECTOR, WINDOW)
+    loop_cpu = q.loop_cpu(("job",), SELECTOR, WINDOW)
+    pool_size = f"sum by (instance) ({_s(q.name(m.POOL_SIZE))})"
+    return Row(
+        "Event loops (async workers)",
+        (
+            Panel(
+                "Event-loop utilisation per worker",
+                f"Share of time each async worker's loop ran code instead of waiting for I/O, "
+                f"and how it was measured. Above {LOOP_TARGET} requests wait for the loop.",
+                "percentunit",
+                (
+                    Query(
+                        q.loop_utilisation(("instance", "worker", "method"), SELECTOR, WINDOW),
+                        "{{instance}} worker {{worker}} ({{method}})",
+                    ),
+                ),
+                thresholds=((r.Settings().loop_target, "orange"),),
+                minimum=0,
+            ),
+            Panel(
+                "Loop time: CPU or blocked",
+                "Loop-seconds per second the loops were busy, the CPU time of their processes, "
+                "and the rest: a loop held without the CPU, by a blocking call.",
+                "short",
+                (
+                    Query(loop_busy, "busy"),
+                    Query(loop_cpu, "CPU"),
+                    Query(f"clamp_min(\n{loop_busy}\n  - {loop_cpu},\n  0)", "without the CPU"),
+                ),
+                minimum=0,
+            ),
+            Panel(
+                "Blocking routes",
+                "Share of the loops' busy time each route held them without the CPU (time.sleep, "
+                "a sync client inside async def), from the sampled requests.",
+                "percentunit",
+                (
+                    Query(
+                        q.blocking_routes(SELECTOR, WINDOW, loop_busy, observe_loops.NOT_CPU),
+                        "{{route}}",
+                    ),
+                ),
+                kind="bargauge",
+                thresholds=((0.05, "red"),),
+                minimum=0,
+            ),
+            Panel(
+                "Thread pool taken",
+                "Share of the thread-seconds of the pool that runs sync code that was taken, and "
+                "its threads in use at the scrape; at 100% sync calls queue.",
+                "percentunit",
+                (
+                    Query(
+                        f"{_sum_rate(q.counter(m.POOL_BUSY), ('instance',))}\n  / {pool_size}",
+                        "{{instance}} taken",
+                    ),
+                    Query(
+                        f"sum by (instance) ({_s(q.name(m.POOL_IN_USE))})\n  / {pool_size}",
+                        "{{instance}} in use",
+                    ),
+                ),
+                minimum=0,
+            ),
+            Panel(
+                "Waiting for a thread",
+                "Task-seconds per second spent waiting for a pool thread, and tasks waiting at "
+                "the scrape. Above 0, the pool, not the loop, is the limit.",
+                "short",
+                (
+                    Query(_sum_rate(q.counter(m.POOL_WAIT), ("instance",)), "{{instance}} waiting"),
+                    Query(
+                        f"sum by (instance) ({_s(q.name(m.POOL_WAITING))})",
+                        "{{instance}} tasks now",
+                    ),
+                ),
+                minimum=0,
+            ),
+            Panel(
+                "Event-loop lag",
+                "p99 of how late an async worker's event loop ran a timer that was due: how long "
+                "a request arriving then waited for the loop.",
+                "s",
+                (
+                    Query(
+                        _quantile("0.99", q.name(m.LOOP_LAG, "_bucket"), ("instance",)),
+                        "{{instance}} p99",
+                    ),
+                ),
+                minimum=0,
+            ),
+        ),
     )
 
 
@@ -418,43 +538,19 @@ def meter_health() -> Row:
             ),
             Panel(
                 "Scrapes and capacity",
-                "1 when Prometheus scraped the instance, and when its workers know their "
-                "capacity (threads); at 0, utilisation and the suggestion are missing.",
+                "1 when Prometheus scraped the instance, and when its sync workers know their "
+                "capacity (threads): at 0 their utilisation is missing. Async ones count loops.",
                 "short",
                 (
                     Query(f"up{SELECTOR}", "{{instance}} scraped"),
                     Query(
-                        f"min by (instance) ({_s(q.name(m.CAPACITY_KNOWN))})",
+                        f"min by (instance) (\n  {_s(q.name(m.CAPACITY_KNOWN))}\n"
+                        f"    unless on (instance, worker) {_s(q.counter(m.LOOP_OBSERVED))}\n)",
                         "{{instance}} capacity known",
                     ),
-                ),
-                minimum=0,
-                width=6,
-            ),
-            Panel(
-                "Event-loop lag (ASGI)",
-                "p99 of how late an ASGI worker's event loop ran a due timer: time the loop "
-                "was blocked by sync code. Empty for WSGI apps.",
-                "s",
-                (
                     Query(
-                        _quantile("0.99", q.name(m.LOOP_LAG, "_bucket"), ("instance",)),
-                        "{{instance}} p99",
-                    ),
-                ),
-                minimum=0,
-                width=6,
-            ),
-            Panel(
-                "Thread pool in use (ASGI)",
-                "Share of the threads that run an async app's sync code in use; at 100% the "
-                "pool is exhausted and sync calls queue. Empty for WSGI apps.",
-                "percentunit",
-                (
-                    Query(
-                        f"sum by (instance, worker) ({_s(q.name(m.POOL_IN_USE))})\n"
-                        f"  / sum by (instance, worker) ({_s(q.name(m.POOL_SIZE))})",
-                        "{{instance}} worker {{worker}}",
+                        f"count by (instance) ({_s(q.counter(m.LOOP_OBSERVED))})",
+                        "{{instance}} event loops measured",
                     ),
                 ),
                 minimum=0,
@@ -465,7 +561,7 @@ def meter_health() -> Row:
 
 
 def rows() -> tuple[Row, ...]:
-    return (keeping_up(), how_many(), where_time_goes(), memory(), meter_health())
+    return (keeping_up(), how_many(), event_loops(), where_time_goes(), memory(), meter_health())
 
 
 # ------------------------------------------------------------------------------------ JSON model

@@ -116,3 +116,75 @@ def memory_ceiling(labels: Sequence[str], selector: str) -> str:
         f"clamp_min(\n  floor(\n    ({total}\n      - {RESERVES}\n      - {rss})\n"
         f"    / ({uss}\n      or {rss})\n  ) + 1,\n  0)"
     )
+
+
+# ---------------------------------------------------------------- async workers: the event loops
+
+
+def loop_busy(labels: Sequence[str], selector: str, window: str) -> str:
+    """Loop-seconds per second the event loops were busy: the sum of their ELUs."""
+    return sum_rate(counter(m.LOOP_BUSY), labels, selector, window)
+
+
+def loops_observed(labels: Sequence[str], selector: str, window: str) -> str:
+    """Event loops measured: seconds observed per second (below the count of loops for those
+    measured for part of the window)."""
+    return sum_rate(counter(m.LOOP_OBSERVED), labels, selector, window)
+
+
+def loop_utilisation(labels: Sequence[str], selector: str, window: str) -> str:
+    """Event-loop utilisation (ELU): busy seconds over seconds observed."""
+    observed = loops_observed(labels, selector, window)
+    return f"{loop_busy(labels, selector, window)}\n  / ({observed} > 0)"
+
+
+def any_utilisation(labels: Sequence[str], selector: str, window: str) -> str:
+    """Utilisation of sync and async workers alike, with a ``kind`` label: the event loops' ELU
+    where the workers run loops, else busy slots over slots. An async worker's busy slot-seconds
+    count requests in flight, not busyness, so its loops always win."""
+    loops = loop_utilisation(labels, selector, window)
+    return (
+        f'label_replace(\n{indent(loops, 2)},\n  "kind", "event loops", "", "")\nor\n'
+        f"label_replace(\n{indent(utilisation(labels, selector, window), 2)}\n"
+        f'  unless on ({", ".join(labels)})\n{indent(loops, 2)},\n  "kind", "slots", "", "")'
+    )
+
+
+def loop_cpu(labels: Sequence[str], selector: str, window: str) -> str:
+    """CPU seconds per second of the worker processes that run an event loop."""
+    cpu = rate(counter(m.PROCESS_CPU), selector, window)
+    observed = rate(counter(m.LOOP_OBSERVED), selector, window)
+    return f"sum {by(labels)} (\n  {cpu}\n    and on (job, instance, worker) {observed}\n)"
+
+
+def loop_cpu_share(cpu: str, busy: str) -> str:
+    """The loops' CPU time over their busy time, 0..1 (``cpu`` and ``busy`` by the same labels);
+    1 while the loops are idle or without CPU figures, as ``observe_loops`` takes it, so that no
+    blocking is seen that was not."""
+    return f"clamp({cpu}\n  / ({busy} > 0), 0, 1)\nor\n{busy} * 0 + 1"
+
+
+def spawned_ceiling(labels: Sequence[str], selector: str) -> str:
+    """Worker processes that fit in a host's memory after the reserves when each costs its full
+    RSS (spawned workers share no pages): ``Machine.spawned_ceiling``."""
+    rss = f"max {by(labels)} ({name(m.RSS)}{selector})"
+    total = f"max {by(labels)} ({name(m.HOST_MEMORY)}{selector})"
+    return f"clamp_min(\n  floor(\n    ({total}\n      - {RESERVES})\n    / {rss}\n  ),\n  0)"
+
+
+def blocking_routes(selector: str, window: str, loop_busy_job: str, not_cpu: float) -> str:
+    """Per job and route, the share of the loops' busy time the route held the loop without the
+    CPU, as ``observe_loops.blocking_routes`` reckons it: the sampled requests' held-minus-CPU
+    share of their service time, times all of the route's service time, over the loops' busy
+    time (``loop_busy_job``, by job). Only routes whose held time was at most ``1 - not_cpu``
+    CPU are listed."""
+    labels = ("job", "route")
+    held = sum_rate(counter(m.LOOP_HELD), labels, selector, window)
+    cpu = sum_rate(counter(m.CPU), labels, selector, window)
+    wall = sum_rate(counter(m.CPU_WALL), labels, selector, window)
+    served = sum_rate(name(m.DURATION, "_sum"), labels, selector, window)
+    return (
+        f"clamp(\n  ({held}\n    - {cpu})\n  / ({wall} > 0)\n  * {served}\n"
+        f"  / on (job) group_left () ({loop_busy_job} > 0),\n  0, 1)\n"
+        f"and on (job, route)\n  {cpu}\n  <= {1 - not_cpu:g} * ({held} > 0)"
+    )

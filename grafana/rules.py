@@ -2,7 +2,10 @@
 
 Recording rules hold the expressions that are expensive or used in several places: utilisation,
 queue-wait quantiles, CPU share, and the capacity model's utilisation-target method, per job (the
-fleet) and per instance (one host). Names follow Prometheus's ``level:metric:operations``
+fleet) and per instance (one host). Async workers (uvicorn, gunicorn's uvicorn and gevent workers)
+have the same series: their utilisation is the event loops' ELU, and the suggestion counts loops
+at the loop target (one thread per process, every worker at its full RSS), as
+:mod:`workermeter.loop_capacity` does. Names follow Prometheus's ``level:metric:operations``
 convention and do not change with :class:`Settings`, so the dashboard can query them.
 
 The windows, thresholds and ``for:`` durations are :class:`Settings`; the committed file uses the
@@ -15,7 +18,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from workermeter import capacity
+from workermeter import capacity, loop_capacity, observe_loops
 from workermeter import metrics as m
 
 from . import promql as q
@@ -49,6 +52,18 @@ SUGGESTED_MACHINES = "job:workermeter_suggested_machines:rate5m"
 SUGGESTED_MACHINE_SLOTS = "job:workermeter_suggested_slots_per_machine:rate5m"
 SUGGESTED_PROCESSES = "job:workermeter_suggested_processes:rate5m"
 SUGGESTED_THREADS = "job:workermeter_suggested_threads:rate5m"
+# Async workers: their event loops and the thread pool that runs their sync code.
+LOOP_BUSY_INSTANCE = "instance:workermeter_event_loop_busy:rate5m"
+LOOP_BUSY_JOB = "job:workermeter_event_loop_busy:rate5m"
+LOOPS_INSTANCE = "instance:workermeter_event_loops:rate5m"
+LOOPS_JOB = "job:workermeter_event_loops:rate5m"
+LOOP_UTILISATION_INSTANCE = "instance:workermeter_event_loop_utilisation:ratio_rate5m"
+LOOP_UTILISATION_JOB = "job:workermeter_event_loop_utilisation:ratio_rate5m"
+LOOP_CPU_SHARE_JOB = "job:workermeter_event_loop_cpu_share:ratio_rate5m"
+LOOP_BLOCKED_JOB = "job:workermeter_event_loop_blocked:rate5m"
+LOOP_BLOCKING_ROUTE = "job_route:workermeter_event_loop_blocked:ratio_rate5m"
+POOL_UTILISATION_INSTANCE = "instance:workermeter_thread_pool_utilisation:ratio_rate5m"
+POOL_WAIT_INSTANCE = "instance:workermeter_thread_pool_wait:rate5m"
 
 QUANTILES = ("0.5", "0.95", "0.99")
 
@@ -61,6 +76,8 @@ class Settings:
     :param window: range of every ``rate()`` in the recording rules.
     :param target: the utilisation target of the suggestion and of the utilisation alert (the
         capacity model's default, 0.8).
+    :param loop_target: the same for an async worker's event loop (default 0.6: one loop is one
+        server with a queue of its own, see docs/capacity.md).
     :param all_busy: the share of time with every slot busy that makes an alert.
     :param wait_p95: seconds of p95 queue wait that make an alert.
     :param memory_share: the share of the memory ceiling in use that makes an alert.
@@ -70,6 +87,7 @@ class Settings:
 
     window: str = "5m"
     target: float = capacity.Targets().utilisation
+    loop_target: float = capacity.Targets().loop_utilisation
     all_busy: float = 0.1
     wait_p95: float = 0.1
     memory_share: float = 0.9
@@ -77,6 +95,9 @@ class Settings:
     durations: Mapping[str, str] = field(
         default_factory=lambda: {
             "WorkermeterHighUtilisation": "15m",
+            "WorkermeterHighEventLoopUtilisation": "15m",
+            "WorkermeterEventLoopBlocked": "10m",
+            "WorkermeterThreadPoolWaits": "10m",
             "WorkermeterAllSlotsBusy": "15m",
             "WorkermeterQueueWaitHigh": "10m",
             "WorkermeterMemoryCeilingClose": "15m",
@@ -116,8 +137,13 @@ def recording_rules(s: Settings) -> list[Record]:
         Record(BUSY_JOB, f"sum by (job) ({BUSY_INSTANCE})"),
         Record(SLOTS_INSTANCE, f"sum by (job, instance) ({q.name(m.CAPACITY)})"),
         Record(SLOTS_JOB, f"sum by (job) ({SLOTS_INSTANCE})"),
-        Record(UTILISATION_INSTANCE, f"{BUSY_INSTANCE} / {SLOTS_INSTANCE}"),
-        Record(UTILISATION_JOB, f"{BUSY_JOB} / {SLOTS_JOB}"),
+        *loop_rules(s),
+        # An async worker's loops win: its busy slot-seconds count requests in flight.
+        Record(
+            UTILISATION_INSTANCE,
+            f"{LOOP_UTILISATION_INSTANCE}\nor\n{BUSY_INSTANCE} / {SLOTS_INSTANCE}",
+        ),
+        Record(UTILISATION_JOB, f"{LOOP_UTILISATION_JOB}\nor\n{BUSY_JOB} / {SLOTS_JOB}"),
         Record(ALL_BUSY_INSTANCE, q.all_slots_busy(INSTANCE, "", w)),
         Record(REQUESTS_INSTANCE, q.sum_rate(q.counter(m.REQUESTS), INSTANCE, "", w)),
         Record(REQUESTS_JOB, f"sum by (job) ({REQUESTS_INSTANCE})"),
@@ -146,6 +172,33 @@ def recording_rules(s: Settings) -> list[Record]:
     return records + capacity_rules(s)
 
 
+def loop_rules(s: Settings) -> list[Record]:
+    """Async workers: the loops' demand and ELU, how much of it was CPU, what a blocking call
+    held (per job, and the routes), and the thread pool's use and waits."""
+    w = s.window
+    cpu = q.loop_cpu(JOB, "", w)
+    return [
+        Record(LOOP_BUSY_INSTANCE, q.loop_busy(INSTANCE, "", w)),
+        Record(LOOP_BUSY_JOB, f"sum by (job) ({LOOP_BUSY_INSTANCE})"),
+        Record(LOOPS_INSTANCE, q.loops_observed(INSTANCE, "", w)),
+        Record(LOOPS_JOB, f"sum by (job) ({LOOPS_INSTANCE})"),
+        Record(LOOP_UTILISATION_INSTANCE, f"{LOOP_BUSY_INSTANCE} / ({LOOPS_INSTANCE} > 0)"),
+        Record(LOOP_UTILISATION_JOB, f"{LOOP_BUSY_JOB} / ({LOOPS_JOB} > 0)"),
+        Record(LOOP_CPU_SHARE_JOB, q.loop_cpu_share(cpu, LOOP_BUSY_JOB)),
+        Record(LOOP_BLOCKED_JOB, f"{LOOP_BUSY_JOB} * (1 - {LOOP_CPU_SHARE_JOB})"),
+        Record(
+            LOOP_BLOCKING_ROUTE,
+            q.blocking_routes("", w, LOOP_BUSY_JOB, observe_loops.NOT_CPU),
+        ),
+        Record(
+            POOL_UTILISATION_INSTANCE,
+            f"{q.sum_rate(q.counter(m.POOL_BUSY), INSTANCE, '', w)}\n"
+            f"  / (sum by (job, instance) ({q.name(m.POOL_SIZE)}) > 0)",
+        ),
+        Record(POOL_WAIT_INSTANCE, q.sum_rate(q.counter(m.POOL_WAIT), INSTANCE, "", w)),
+    ]
+
+
 def capacity_rules(s: Settings) -> list[Record]:
     """The utilisation-target method of :func:`workermeter.capacity.suggest`, step by step.
 
@@ -155,17 +208,28 @@ def capacity_rules(s: Settings) -> list[Record]:
     1, ``⌈y / ⌊cpu ceiling⌋⌉`` and ``⌈y / (memory ceiling x thread limit)⌉``; each machine then
     gets ``⌈y / machines⌉`` slots (at least 1) as ``⌈slots / thread limit⌉`` processes of
     ``⌈slots / processes⌉`` threads.
+
+    For a job whose workers run event loops, the same steps count loops: ``y`` = loop busy /
+    loop target, the CPU share is the loops' (process CPU over loop busy time), the thread limit
+    is 1 and the memory ceiling counts every worker at its full RSS.
     """
     w = s.window
-    y = f"{BUSY_JOB} / {s.target:g}"
+    y = f"({LOOP_BUSY_JOB} / {s.loop_target:g} or {BUSY_JOB} / {s.target:g})"
     cores = f"max by (job, instance) ({q.name(m.HOST_CPUS)})"
     return [
-        Record(CPU_SHARE_JOB, q.cpu_share(JOB, "", w, BUSY_JOB)),
+        Record(
+            CPU_SHARE_JOB,
+            f"{LOOP_CPU_SHARE_JOB}\nor\n{q.cpu_share(JOB, '', w, BUSY_JOB)}",
+        ),
         Record(CPU_SHARE_ROUTE, q.route_cpu_share(("job", "route"), "", w)),
-        Record(THREAD_LIMIT, q.thread_limit(CPU_SHARE_JOB)),
+        Record(THREAD_LIMIT, f"{LOOP_BUSY_JOB} * 0 + 1\nor\n{q.thread_limit(CPU_SHARE_JOB)}"),
         # A CPU share of 0 sets no ceiling: the series is absent then, as capacity says None.
         Record(CPU_CEILING, f"{cores}\n  / on (job) group_left () ({CPU_SHARE_JOB} > 0)"),
-        Record(MEMORY_CEILING, q.memory_ceiling(INSTANCE, "")),
+        Record(
+            MEMORY_CEILING,
+            f"{q.spawned_ceiling(INSTANCE, '')}\n  and on (job, instance) {LOOP_BUSY_INSTANCE}\n"
+            f"or\n{q.memory_ceiling(INSTANCE, '')}",
+        ),
         Record(SUGGESTED_SLOTS, q.ceil_forgiving(y)),
         Record(
             SUGGESTED_MACHINES,
@@ -197,12 +261,12 @@ def capacity_rules(s: Settings) -> list[Record]:
 
 def alerting_rules(s: Settings) -> list[Alert]:
     w, d = s.window, s.durations
-    target = f"{s.target:.0%}"
+    target, loop_target = f"{s.target:.0%}", f"{s.loop_target:.0%}"
     seen = f"last_over_time({q.name(m.HOST_CPUS)}[{s.lookback}])"
     return [
         Alert(
             "WorkermeterHighUtilisation",
-            f"{UTILISATION_JOB} > {s.target:g}",
+            f"{UTILISATION_JOB} > {s.target:g}\n  unless on (job) {LOOP_UTILISATION_JOB}",
             d["WorkermeterHighUtilisation"],
             "warning",
             f"Workers of {{{{ $labels.job }}}} are more than {target} busy",
@@ -213,8 +277,47 @@ def alerting_rules(s: Settings) -> list[Alert]:
             f"suggested processes x threads).",
         ),
         Alert(
+            "WorkermeterHighEventLoopUtilisation",
+            f"{LOOP_UTILISATION_JOB} > {s.loop_target:g}",
+            d["WorkermeterHighEventLoopUtilisation"],
+            "warning",
+            f"Event loops of {{{{ $labels.job }}}} are more than {loop_target} busy",
+            f"Over the last {w} the event loops of job {{{{ $labels.job }}}} were busy "
+            f"{{{{ $value | humanizePercentage }}}} of the time (their ELU), above the "
+            f"{loop_target} target for one loop, for {d['WorkermeterHighEventLoopUtilisation']}. "
+            f"Each loop serves one step at a time with a queue of its own, so requests start "
+            f'to wait: add worker processes (the dashboard\'s "How many workers?" row has the '
+            f"number), or first fix a blocking call if WorkermeterEventLoopBlocked fires too.",
+        ),
+        Alert(
+            "WorkermeterEventLoopBlocked",
+            f"{LOOP_BLOCKED_JOB} >= {loop_capacity.BLOCKED_FLOOR:g}\n"
+            f"  and on (job) {LOOP_CPU_SHARE_JOB} < {capacity.CPU_BOUND:g}",
+            d["WorkermeterEventLoopBlocked"],
+            "warning",
+            "A blocking call holds the event loops of {{ $labels.job }}",
+            f'For {{{{ $value | printf "%.2f" }}}} loop-seconds per second over the last {w}, '
+            f"the event loops of job {{{{ $labels.job }}}} were busy without using the CPU: a "
+            f"blocking call inside async def (time.sleep, a sync database driver or HTTP "
+            f"client), during which the worker serves nothing else. The dashboard's "
+            f'"Blocking routes" panel names the routes; await an async client or run the call '
+            f"in a thread. More processes only spread the blocking.",
+        ),
+        Alert(
+            "WorkermeterThreadPoolWaits",
+            f"{POOL_WAIT_INSTANCE} >= {loop_capacity.POOL_WAIT_FLOOR:g}",
+            d["WorkermeterThreadPoolWaits"],
+            "warning",
+            "Sync code of {{ $labels.instance }} waits for a thread",
+            f"Tasks of {{{{ $labels.instance }}}} (job {{{{ $labels.job }}}}) waited "
+            f'{{{{ $value | printf "%.3f" }}}} task-seconds per second over the last {w} for '
+            f"a thread of the pool that runs an async app's sync endpoints: the pool, not the "
+            f"event loop, is the limit. Raise the limiter's total_tokens at startup or make "
+            f"those endpoints async def.",
+        ),
+        Alert(
             "WorkermeterAllSlotsBusy",
-            f"{ALL_BUSY_INSTANCE} > {s.all_busy:g}",
+            f"{ALL_BUSY_INSTANCE} > {s.all_busy:g}\n  unless on (job, instance) {LOOPS_INSTANCE}",
             d["WorkermeterAllSlotsBusy"],
             "warning",
             "Every worker slot of {{ $labels.instance }} is often busy",
@@ -258,7 +361,8 @@ def alerting_rules(s: Settings) -> list[Alert]:
         ),
         Alert(
             "WorkermeterCapacityUnknown",
-            f"count by (job, instance) ({q.name(m.CAPACITY_KNOWN)} == 0)",
+            f"count by (job, instance) (\n  {q.name(m.CAPACITY_KNOWN)} == 0\n"
+            f"    unless on (job, instance, worker) {q.counter(m.LOOP_OBSERVED)}\n)",
             d["WorkermeterCapacityUnknown"],
             "info",
             "Utilisation of {{ $labels.instance }} is unknown",

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -271,14 +272,17 @@ def uvicorn(
     store: Path | None,
     name: str = "uvicorn",
     extra: Sequence[str] = (),
+    app: str = "apps.asgi_app:app",
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """uvicorn ``--workers N`` serving ``tests/apps/asgi_app.py``; workers are spawned, not
-    forked, and get the listening socket passed to them."""
+    """uvicorn ``--workers N`` serving ``app`` (``tests/apps/asgi_app.py`` unless told), with
+    ``env`` added to its environment; workers are spawned, not forked, and get the listening
+    socket passed to them."""
     tmp_path.mkdir(parents=True, exist_ok=True)
 
     def argv(port: int) -> list[str]:
         return [
-            sys.executable, "-m", "uvicorn", "apps.asgi_app:app",
+            sys.executable, "-m", "uvicorn", app,
             "--host", "127.0.0.1",
             "--port", str(port),
             "--workers", str(workers),
@@ -288,9 +292,8 @@ def uvicorn(
             *extra,
         ]  # fmt: skip
 
-    env = server_env(store)
     server = launch(
-        name, argv, log=tmp_path / f"{name}.log", env=env,
+        name, argv, log=tmp_path / f"{name}.log", env=server_env(store, **(env or {})),
         ready_log=("Application startup complete.", workers),
     )  # fmt: skip
     with _running(server, auto_store=store is None) as running:
@@ -403,6 +406,34 @@ def prometheus(tmp_path: Path, config: Path) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass(frozen=True)
+class PrometheusAPI:
+    """Prometheus's HTTP API at ``url``: every answer must be a success."""
+
+    url: str
+
+    def get(self, path: str, **params: str) -> Any:
+        with requests.get(self.url + path, params=params, timeout=10) as r:
+            body: Any = r.json() if r.headers.get("content-type", "").startswith("app") else {}
+            assert r.status_code == 200 and body.get("status") == "success", (
+                f"{path} {params}: {r.status_code} {r.text[:500]}"
+            )
+            return body["data"]
+
+    def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
+        data = self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
+        assert data["resultType"] == "vector", expr
+        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
+
+    def one(self, expr: str, at: float) -> float:
+        result = self.query(expr, at)
+        assert len(result) == 1, f"{expr} at {at}: {result}"
+        return result[0][1]
+
+    def by(self, label: str, expr: str, at: float) -> dict[str, float]:
+        return {labels[label]: value for labels, value in self.query(expr, at)}
 
 
 # --------------------------------------------------------------------------- load and scrapes

@@ -25,6 +25,7 @@ from grafana import build, dashboard, rules
 ROWS = (
     "Are the workers keeping up?",
     "How many workers?",
+    "Event loops (async workers)",
     "Where does the time go?",
     "Memory",
     "Health of the meter",
@@ -143,11 +144,4 @@ def test_every_declared_gauge_and_counter_family_appears() -> None:
         "workermeter_open_websockets",
         "workermeter_busy_slots_seconds",
         "workermeter_worker_start_time_seconds",
-        # The event-loop and pool series: their panels and rules are the next step.
-        "workermeter_event_loop_busy_seconds",
-        "workermeter_event_loop_observed_seconds",
-        "workermeter_sampled_event_loop_seconds",
-        "workermeter_thread_pool_busy_seconds",
-        "workermeter_thread_pool_wait_seconds",
-        "workermeter_thread_pool_waiting_tasks",
     }

@@ -5,14 +5,16 @@ One Prometheus (Debian's package) scrapes, every second:
 - job ``app``: two gunicorns of 2 sync workers each, as two instances behind an imaginary load
   balancer, scraped on the arbiter's metrics port (``workermeter.gunicorn`` hooks);
 - job ``quiet``: one more gunicorn, lightly loaded throughout;
-- job ``asgi``: one uvicorn worker, for the panels only ASGI apps fill (event loop, thread pool).
+- job ``asgi``: one uvicorn worker whose async route blocks its event loop in ``time.sleep``
+  for 30 ms, ten times a second, and whose sync route takes a pool thread for 20 ms.
 
-Handlers sleep 50 ms. The load is paced (a request every 1/rate seconds, each on a new
+The WSGI handlers sleep 50 ms. The load is paced (a request every 1/rate seconds, each on a new
 connection with a fresh ``X-Request-Start``): first a low phase, then a high one. Rules are the
 generated ones with 10-second windows and 5-second ``for:``, the dashboard's ``$__rate_interval``
 is 10 s too. Then every panel query and every recorded series is asked at the end of each phase,
 and the utilisation, the suggestion and the alerts are checked against the load that was sent and
-against ``workermeter.capacity``.
+against ``workermeter.capacity``; for the async job, its event loop's utilisation, the blocking
+route and the number of loops the rules suggest.
 
 With ``WORKERMETER_DASHBOARD_PNG=docs/img/dashboard.png`` in the environment, the dashboard's key
 panels are also drawn from Prometheus's answers to that file (needs ``pip install -e '.[docs]'``).
@@ -29,13 +31,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 import servers
-from workermeter.capacity import Machine, Workload, suggest
+from workermeter.capacity import LoopDemand, Machine, Workload, suggest
 
 if str(servers.ROOT) not in sys.path:  # `pytest` without `python -m`: build code at the root
     sys.path.insert(0, str(servers.ROOT))
@@ -47,8 +48,12 @@ WINDOW = "10s"  # rule windows and $__rate_interval
 SETTINGS = rules.Settings(window=WINDOW, durations=dict.fromkeys(rules.Settings().durations, "5s"))
 LOW, HIGH = 13.0, 20.0  # seconds of each phase
 # requests per second per target in each phase: (low, high)
-RATES = {"a": (16.0, 36.0), "b": (14.0, 34.0), "quiet": (12.0, 12.0), "asgi": (10.0, 10.0)}
+RATES = {
+    "a": (16.0, 36.0), "b": (14.0, 34.0), "quiet": (12.0, 12.0),
+    "asgi": (10.0, 10.0), "asgi-sync": (5.0, 5.0),
+}  # fmt: skip
 SLOTS = 2  # sync workers per gunicorn
+BLOCK = 0.030  # seconds the async route holds the loop in time.sleep
 PICTURE = os.environ.get("WORKERMETER_DASHBOARD_PNG")
 HOOKS = (
     "from workermeter.gunicorn import child_exit, on_exit, on_starting, when_ready, worker_exit\n"
@@ -98,31 +103,7 @@ def prometheus(tmp_path: Path, ports: dict[str, int]) -> Iterator[servers.Server
 
 # ----------------------------------------------------------------------------- Prometheus API
 
-
-@dataclass(frozen=True)
-class Prom:
-    url: str
-
-    def get(self, path: str, **params: str) -> Any:
-        with requests.get(self.url + path, params=params, timeout=10) as r:
-            body: Any = r.json() if r.headers.get("content-type", "").startswith("app") else {}
-            assert r.status_code == 200 and body.get("status") == "success", (
-                f"{path} {params}: {r.status_code} {r.text[:500]}"
-            )
-            return body["data"]
-
-    def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
-        data = self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
-        assert data["resultType"] == "vector", expr
-        return [(s["metric"], float(s["value"][1])) for s in data["result"]]
-
-    def one(self, expr: str, at: float) -> float:
-        result = self.query(expr, at)
-        assert len(result) == 1, f"{expr} at {at}: {result}"
-        return result[0][1]
-
-    def by(self, label: str, expr: str, at: float) -> dict[str, float]:
-        return {labels[label]: value for labels, value in self.query(expr, at)}
+Prom = servers.PrometheusAPI
 
 
 def wait_for_scrapes(prom: Prom, targets: int, timeout: float = 30.0) -> None:
@@ -192,9 +173,12 @@ def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
         b, b_port = stack.enter_context(metered_gunicorn(tmp_path, "b"))
         quiet, quiet_port = stack.enter_context(metered_gunicorn(tmp_path, "quiet"))
         asgi = stack.enter_context(
-            servers.uvicorn(tmp_path / "asgi", workers=1, store=tmp_path / "asgi" / "store")
-        )
-        assert get(asgi.url + "/sleep?ms=1") == 200
+            servers.uvicorn(
+                tmp_path / "asgi", workers=1, store=tmp_path / "asgi" / "store",
+                app="apps.loop_app:app", env={"LOOP_APP_CPU_SAMPLE": "1"},
+            )
+        )  # fmt: skip
+        assert get(asgi.url + "/sync?ms=1") == 200
         ports = {"a": a_port, "b": b_port, "quiet": quiet_port, "asgi": asgi.port}
         prom = Prom(stack.enter_context(prometheus(tmp_path, ports)).url)
         wait_for_scrapes(prom, 4)
@@ -206,7 +190,8 @@ def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
             "a": a.url + "/sleep?ms=50",
             "b": b.url + "/sleep?ms=50",
             "quiet": quiet.url + "/sleep?ms=50",
-            "asgi": asgi.url + "/sleep?ms=20",
+            "asgi": asgi.url + f"/block?ms={BLOCK * 1000:g}",
+            "asgi-sync": asgi.url + "/sync?ms=20",
         }
         alerts = AlertLog({})
         with ThreadPoolExecutor(64) as pool, ThreadPoolExecutor(len(urls)) as pacers:
@@ -225,6 +210,7 @@ def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
         check_phase(prom, "low", t_low - 0.5)
         check_phase(prom, "high", t_end - 0.5)
         check_suggestion_against_the_model(prom, t_end - 0.5)
+        check_event_loop(prom, t_end - 0.5)
         check_every_query_answers(prom, t_end - 0.5)
         check_alerts(prom, alerts, t_low - 0.5, t_end - 0.5)
         if PICTURE:
@@ -325,20 +311,85 @@ def check_suggestion_against_the_model(prom: Prom, at: float) -> None:
     )  # fmt: skip
 
 
-# Panels that only ASGI apps fill; everything else must answer for the WSGI job.
-ASGI_ONLY = {"Event-loop lag (ASGI)", "Thread pool in use (ASGI)"}
+def check_event_loop(prom: Prom, at: float) -> None:
+    """The async job: its utilisation is the loop's ELU, at least the time the route blocked it;
+    the blocking route is named; the suggestion is ``suggest()`` with the loops' demand."""
+    where = '{job="asgi"}'
+    e = prom.one(f"timestamp({rules.SUGGESTED_SLOTS}{where})", at)
+    elu = prom.one(f"{rules.UTILISATION_JOB}{where}", e)
+    assert elu == prom.one(f"{rules.LOOP_UTILISATION_JOB}{where}", e)
+    panel = next(p for r in dashboard.rows() for p in r.panels if p.title == "Utilisation")
+    assert prom.one(substitute(panel.queries[0].expr, "asgi"), e) == pytest.approx(elu, rel=0.02)
+    # 10/s x 30 ms held in time.sleep, plus the loop's own work for the 15 requests a second
+    # (parsing, the middleware, handing the sync route to a thread): a few ms a second at most.
+    sent = RATES["asgi"][1] * BLOCK
+    assert sent - 0.01 < elu < sent + 0.08, elu
+    # Slept, not computed: most of it was blocked, and /block did it.
+    busy = prom.one(f"{rules.LOOP_BUSY_JOB}{where}", e)
+    share = prom.one(f"{rules.LOOP_CPU_SHARE_JOB}{where}", e)
+    assert share < 0.3 and prom.one(f"{rules.LOOP_BLOCKED_JOB}{where}", e) == pytest.approx(
+        busy * (1 - share)
+    )
+    routes = prom.by("route", f"{rules.LOOP_BLOCKING_ROUTE}{where}", e)
+    assert max(routes, key=routes.__getitem__) == "/block" and routes["/block"] > 0.7, routes
+    assert routes.get("/sync", 0.0) < 0.1, routes
+    # The pool: one thread taken 5/s x 20 ms, none waited for.
+    pool = prom.one(f"{rules.POOL_UTILISATION_INSTANCE}{where}", e)
+    assert 0.1 * 0.8 / 40 < pool < 0.1 * 1.5 / 40, pool  # of Starlette's 40 threads
+    assert prom.one(f"{rules.POOL_WAIT_INSTANCE}{where}", e) == 0
+    # The loop count, as suggest() reckons it from the same inputs.
+    cores = prom.one(f"max(workermeter_host_cpu_count{where})", e)
+    machine = Machine(
+        cores=cores,
+        memory_total=int(prom.one(f"max(workermeter_host_memory_total_bytes{where})", e)),
+        process_rss=int(prom.one(f"max(workermeter_process_resident_memory_bytes{where})", e)),
+        process_uss=int(prom.one(f"max(workermeter_process_unique_memory_bytes{where})", e)),
+    )
+    assert prom.one(f"{rules.MEMORY_CEILING}{where}", e) == pytest.approx(
+        machine.spawned_ceiling, rel=0.01
+    )
+    assert prom.one(f"{rules.CPU_CEILING}{where}", e) == pytest.approx(cores / share)
+    loops = LoopDemand(busy=busy, cpu_share=share)
+    answer = suggest(
+        Workload(peak_rate=busy, service_time=1.0, cpu_share=share, loops=loops), machine
+    )
+    assert answer.event_loops
+    for name, value in (
+        (rules.SUGGESTED_SLOTS, answer.slots_for_utilisation),
+        (rules.SUGGESTED_MACHINES, answer.machines),
+        (rules.SUGGESTED_PROCESSES, answer.processes),
+        (rules.SUGGESTED_THREADS, answer.threads),
+    ):
+        assert prom.one(f"{name}{where}", e) == value, name
+    # 0.3 loop-seconds a second at 0.6 per loop: one worker process of one thread.
+    assert (answer.slots_for_utilisation, answer.processes, answer.threads) == (1, 1, 1)
+
+
+# Rows and recorded series only async workers fill; everything else must answer for the WSGI job.
+ASYNC_ROW = "Event loops (async workers)"
+ASYNC_LEGENDS = {"{{instance}} event loops measured"}
+ASYNC_RECORDS = {
+    rules.LOOP_BUSY_INSTANCE, rules.LOOP_BUSY_JOB, rules.LOOPS_INSTANCE, rules.LOOPS_JOB,
+    rules.LOOP_UTILISATION_INSTANCE, rules.LOOP_UTILISATION_JOB, rules.LOOP_CPU_SHARE_JOB,
+    rules.LOOP_BLOCKED_JOB, rules.LOOP_BLOCKING_ROUTE, rules.POOL_UTILISATION_INSTANCE,
+    rules.POOL_WAIT_INSTANCE,
+}  # fmt: skip
 
 
 def check_every_query_answers(prom: Prom, at: float) -> None:
     """Every panel query and every recorded series answers with finite data, without error."""
     for row, title, query in dashboard.queries():
-        job = "asgi" if title in ASGI_ONLY else "app"
+        job = "asgi" if row == ASYNC_ROW or query.legend in ASYNC_LEGENDS else "app"
         result = prom.query(substitute(query.expr, job), at)
         finite = [value for _labels, value in result if math.isfinite(value)]
         assert finite, f"{row} / {title}: {query.expr!r} for job {job} gave {result}"
+    assert rules.recorded_names() >= ASYNC_RECORDS
     for name in sorted(rules.recorded_names()):
-        result = prom.query(f'{name}{{job="app"}}', at)
+        job = "asgi" if name in ASYNC_RECORDS else "app"
+        result = prom.query(f'{name}{{job="{job}"}}', at)
         assert result and all(math.isfinite(v) for _l, v in result), f"{name}: {result}"
+        if job == "asgi":  # and none for the sync workers, which run no loop
+            assert prom.query(f'{name}{{job="app"}}', at) == [], name
     # The dashboard's variables: jobs and the instances of one.
     jobs = prom.get("/api/v1/label/job/values", **{"match[]": "workermeter_host_cpu_count"})
     assert {"app", "quiet", "asgi"} <= set(jobs)
@@ -363,9 +414,17 @@ def check_alerts(prom: Prom, alerts: AlertLog, at_low: float, at_high: float) ->
     assert "high:pending" in high_util, alerts.seen
     assert ("WorkermeterHighUtilisation", "quiet") not in alerts.seen
     assert ("WorkermeterHighUtilisation", "asgi") not in alerts.seen
-    # uvicorn sets no limit on concurrent requests, so the ASGI worker's capacity is unknown.
-    assert ("WorkermeterCapacityUnknown", "asgi") in alerts.seen
+    # uvicorn sets no limit on concurrent requests, but its loop is measured: no slots needed.
+    assert ("WorkermeterCapacityUnknown", "asgi") not in alerts.seen
     assert ("WorkermeterCapacityUnknown", "app") not in alerts.seen
+    assert ("WorkermeterAllSlotsBusy", "asgi") not in alerts.seen
+    # The loop at ~30 %, below its 60 % target, but blocked 0.3 s a second (floor 0.05).
+    assert ("WorkermeterHighEventLoopUtilisation", "asgi") not in alerts.seen
+    # The same load in both phases: pending within the first, then firing to the end.
+    blocked = alerts.seen.get(("WorkermeterEventLoopBlocked", "asgi"), set())
+    assert "low:pending" in blocked and "high:firing" in blocked, blocked
+    assert ("WorkermeterEventLoopBlocked", "app") not in alerts.seen
+    assert ("WorkermeterThreadPoolWaits", "asgi") not in alerts.seen
     # The ALERTS series keeps the same story.
     query = 'ALERTS{alertname="WorkermeterHighUtilisation"}'
     assert prom.query(query, at_low) == []
@@ -415,7 +474,7 @@ def draw_picture(prom: Prom, start: float, switch: float, end: float, path: Path
                     label = label.replace("{{" + key + "}}", value)
                 points = [(float(t) - start, float(v)) for t, v in s["values"]]
                 lines.append(render.Line(label, [t for t, _ in points], [v for _, v in points]))
-        threshold = panel.thresholds[0][0] if panel.thresholds else None
+        threshold = panel.thresholds[-1][0] if panel.thresholds else None  # a sync job's
         charts.append(render.Chart(title, panel.unit, lines, threshold))
     low, high = (sum(RATES[k][i] for k in ("a", "b")) for i in (0, 1))
     render.draw(

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import pytest
 
 from servers import ROOT
 from workermeter import metrics
-from workermeter.capacity import MIB, Machine, Workload, suggest
+from workermeter.capacity import MIB, LoopDemand, Machine, Workload, suggest
+from workermeter.observe_loops import blocking_routes
 
 if str(ROOT) not in sys.path:  # `pytest` run without `python -m`: the build code is at the root
     sys.path.insert(0, str(ROOT))
@@ -128,8 +130,10 @@ class Host:
     memory: int
     rss: int
     uss: int | None
-    busy_per_minute: int  # busy slot-seconds added each minute
+    busy_per_minute: int  # busy slot-seconds (async: loop-seconds) added each minute
     cpu_per_minute: int | None  # sampled CPU seconds a minute, per 60 s of sampled service time
+    # (async: the loop workers' process CPU seconds a minute)
+    loops: int = 0  # async workers: event loops, sharing the busy and CPU seconds equally
 
 
 @dataclass(frozen=True)
@@ -141,9 +145,9 @@ class Case:
 
 def host(
     busy: int, cpu: int | None, *, cores: int = 2, memory: int = 4 * GIB, rss: int = 150 * MIB,
-    uss: int | None = None, instance: str = "web1:9191",
+    uss: int | None = None, instance: str = "web1:9191", loops: int = 0,
 ) -> Host:  # fmt: skip
-    return Host(instance, cores, memory, rss, uss, busy, cpu)
+    return Host(instance, cores, memory, rss, uss, busy, cpu, loops)
 
 
 CASES = (
@@ -172,6 +176,19 @@ CASES = (
             host(150, 15, uss=150 * MIB, rss=200 * MIB, instance="web2:9191"),
         ),
     ),
+    # Async workers: loops sized at 0.6, one thread each, every worker at its full RSS.
+    # 1 loop-second a second, 10% CPU: ceil(1 / 0.6) = 2 loops.
+    Case("async-io", (host(60, 6, loops=2),)),
+    # 1.5 loop-seconds, 89% CPU on 2 cores: 2.25 loops can run, 2.5 are needed: 2 machines of 2.
+    Case("async-cores-limit", (host(90, 80, loops=2),)),
+    # 3 loop-seconds at 300 MiB on 2 GiB: 3 spawned workers fit (4 with forked ones' USS), 5
+    # loops are needed: 2 machines of 3.
+    Case(
+        "async-memory-limit",
+        (host(180, 120, cores=64, memory=2 * GIB, rss=300 * MIB, uss=200 * MIB, loops=4),),
+    ),
+    # Idle loops: 1 process; the CPU share counts as 1, so the cores are the ceiling.
+    Case("async-idle", (host(0, 0, loops=1),)),
 )
 
 
@@ -186,6 +203,9 @@ def series(case: Case) -> list[dict[str, str]]:
         out.append({"series": f"{name}{{{text}}}", "values": values})
 
     for h in case.hosts:
+        if h.loops:
+            add_loops(h, add)
+            continue
         add(h, "workermeter_busy_seconds_total", f"0+{h.busy_per_minute}x30", worker="0")
         add(h, "workermeter_capacity_threads", "1x30", worker="0")
         add(h, "workermeter_host_cpu_count", f"{h.cores}x30")
@@ -206,6 +226,27 @@ def series(case: Case) -> list[dict[str, str]]:
     return out
 
 
+def add_loops(h: Host, add: Callable[..., None]) -> None:
+    """An async host: its loops' series, and the slot series an async worker has too (requests
+    in flight, 3 at a time on 1 "slot", of requests that await, 2% CPU), which must not count."""
+    add(h, "workermeter_host_cpu_count", f"{h.cores}x30")
+    add(h, "workermeter_host_memory_total_bytes", f"{h.memory}x30")
+    assert h.cpu_per_minute is not None
+    for worker in map(str, range(h.loops)):
+        busy, cpu = h.busy_per_minute // h.loops, h.cpu_per_minute // h.loops
+        loop = {"worker": worker, "method": "uvloop"}
+        add(h, "workermeter_event_loop_busy_seconds_total", f"0+{busy}x30", **loop)
+        add(h, "workermeter_event_loop_observed_seconds_total", "0+60x30", **loop)
+        add(h, "workermeter_process_cpu_seconds_total", f"0+{cpu}x30", worker=worker)
+        add(h, "workermeter_busy_seconds_total", "0+180x30", worker=worker)
+        add(h, "workermeter_capacity_threads", "1x30", worker=worker)
+        add(h, "workermeter_process_resident_memory_bytes", f"{h.rss}x30", worker=worker)
+        if h.uss is not None:
+            add(h, "workermeter_process_unique_memory_bytes", f"{h.uss}x30", worker=worker)
+    add(h, "workermeter_sampled_cpu_seconds_total", "0+1x30", route="/")
+    add(h, "workermeter_sampled_duration_seconds_total", "0+60x30", route="/")
+
+
 def rate(per_minute: int) -> float:
     """What Prometheus's rate() over 5 minutes gives for a counter growing this much a minute."""
     return (per_minute * 5) / 300
@@ -213,6 +254,8 @@ def rate(per_minute: int) -> float:
 
 def expected(case: Case) -> tuple[dict[str, float], dict[str, float | None], dict[str, int]]:
     """Job figures and per-instance ceilings, from workermeter.capacity."""
+    if any(h.loops for h in case.hosts):
+        return expected_loops(case)
     busy = 0.0
     for h in case.hosts:
         busy += rate(h.busy_per_minute)
@@ -248,6 +291,30 @@ def expected(case: Case) -> tuple[dict[str, float], dict[str, float | None], dic
     return job, cpu_ceiling, memory_ceiling
 
 
+def expected_loops(
+    case: Case,
+) -> tuple[dict[str, float], dict[str, float | None], dict[str, int]]:
+    """The same for an async job, from ``suggest`` with the loops' demand."""
+    (h,) = case.hosts
+    assert h.cpu_per_minute is not None
+    demand = rate(h.busy_per_minute // h.loops) * h.loops
+    cpu = rate(h.cpu_per_minute // h.loops) * h.loops
+    share = min(cpu / demand, 1.0) if demand > 0 else 1.0  # as observe_loops takes it
+    machine = Machine(cores=h.cores, memory_total=h.memory, process_rss=h.rss, process_uss=h.uss)
+    loops = LoopDemand(busy=demand, cpu_share=share)
+    answer = suggest(
+        Workload(peak_rate=demand, service_time=1.0, cpu_share=share, loops=loops), machine
+    )
+    assert answer.event_loops and answer.threads == 1
+    job: dict[str, float] = {
+        rules.SUGGESTED_SLOTS: answer.slots_for_utilisation,
+        rules.SUGGESTED_MACHINES: answer.machines,
+        rules.SUGGESTED_PROCESSES: answer.processes,
+        rules.SUGGESTED_THREADS: answer.threads,
+    }
+    return job, {h.instance: h.cores / share}, {h.instance: machine.spawned_ceiling}
+
+
 def expr_tests(case: Case) -> list[dict[str, Any]]:
     job, cpu_ceiling, memory_ceiling = expected(case)
     tests: list[dict[str, Any]] = [
@@ -258,6 +325,17 @@ def expr_tests(case: Case) -> list[dict[str, Any]]:
         }
         for name, value in job.items()
     ]
+    loops = sum(h.loops for h in case.hosts)
+    if loops:  # utilisation is the loops' ELU, not the slots' requests in flight
+        elu = sum(rate(h.busy_per_minute // h.loops) * h.loops for h in case.hosts) / loops
+        where = f'{{job="{case.id}"}}'
+        tests.append(
+            {
+                "expr": f"abs({rules.UTILISATION_JOB}{where} - {elu!r}) < bool 1e-09",
+                "eval_time": "10m",
+                "exp_samples": [{"labels": where, "value": 1}],
+            }
+        )
     for instance, ceiling in cpu_ceiling.items():
         where = f'{{job="{case.id}", instance="{instance}"}}'
         if ceiling is None:  # no CPU ceiling: no series
@@ -294,6 +372,12 @@ def test_the_expected_answers_cover_every_branch() -> None:
     assert answers["pythonanywhere"][0][rules.SUGGESTED_PROCESSES] == 2
     assert answers["float-noise-below"][0][rules.SUGGESTED_SLOTS] == 3
     assert answers["float-noise-above"][0][rules.SUGGESTED_SLOTS] == 4
+    assert answers["async-io"][0][rules.SUGGESTED_PROCESSES] == 2
+    assert answers["async-cores-limit"][0][rules.SUGGESTED_MACHINES] == 2
+    assert answers["async-memory-limit"][0][rules.SUGGESTED_MACHINES] == 2
+    assert answers["async-memory-limit"][0][rules.SUGGESTED_PROCESSES] == 3
+    assert answers["async-memory-limit"][2] == {"web1:9191": 3}
+    assert answers["async-idle"][0][rules.SUGGESTED_PROCESSES] == 1
 
 
 def test_suggestion_in_promql_equals_the_model(tmp_path: Path) -> None:
@@ -314,5 +398,75 @@ def test_suggestion_in_promql_equals_the_model(tmp_path: Path) -> None:
     }
     path = tmp_path / "model.yml"
     path.write_text(json.dumps(unit, indent=1))  # JSON is YAML
+    done = promtool("test", "rules", str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_blocking_routes_in_promql_equal_observe_loops(tmp_path: Path) -> None:
+    """The routes the rules say hold the loops without the CPU, and their shares of the loops'
+    busy time, are what ``observe_loops.blocking_routes`` finds in the same increases."""
+    # Per minute: sampled loop time, CPU and service time; all requests' service time and count.
+    routes = {
+        "/block": (12.0, 0.6, 12.5, 20.0, 100),  # held 95% without the CPU
+        "/spin": (6.0, 5.7, 6.0, 30.0, 300),  # on the CPU: not blocking
+        "/half": (4.0, 2.0, 8.0, 40.0, 100),  # exactly half: blocking, as observe_loops says
+        "/await": (0.0, 0.0, 30.0, 300.0, 300),  # holds nothing
+    }
+    loop_busy = 50.0  # loop-seconds a minute, over both workers
+    out = []
+
+    def add(name: str, per_minute: float, **labels: str) -> None:
+        text = ", ".join(f'{k}="{v}"' for k, v in {"job": "api", **labels}.items())
+        out.append({"series": f"{name}{{{text}}}", "values": f"0+{per_minute:g}x30"})
+
+    for worker in ("0", "1"):
+        labels = {"instance": "api1:8000", "worker": worker, "method": "asyncio"}
+        add("workermeter_event_loop_busy_seconds_total", loop_busy / 2, **labels)
+    for route, (held, cpu, sampled, served, count) in routes.items():
+        add("workermeter_sampled_event_loop_seconds_total", held, route=route)
+        add("workermeter_sampled_cpu_seconds_total", cpu, route=route)
+        add("workermeter_sampled_duration_seconds_total", sampled, route=route)
+        add("workermeter_request_duration_seconds_sum", served, route=route, method="GET")
+        add("workermeter_request_duration_seconds_count", count, route=route, method="GET")
+    found = blocking_routes(
+        held={r: v[0] for r, v in routes.items()},
+        cpu={r: v[1] for r, v in routes.items()},
+        sampled={r: v[2] for r, v in routes.items()},
+        busy={r: v[3] for r, v in routes.items()},
+        requests={r: float(v[4]) for r, v in routes.items()},
+        loop_busy=loop_busy,
+    )
+    assert [b.route for b in found] == ["/block", "/half"]
+    where = '{job="api"}'
+    unit = {
+        "rule_files": [str(build.RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": out,
+                "promql_expr_test": [
+                    {
+                        "expr": f"count({rules.LOOP_BLOCKING_ROUTE}{where})",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": "{}", "value": len(found)}],
+                    },
+                    *(
+                        {
+                            "expr": f'abs({rules.LOOP_BLOCKING_ROUTE}{{route="{b.route}"}}'
+                            f" - {b.loop_share!r}) < bool 1e-09",
+                            "eval_time": "10m",
+                            "exp_samples": [
+                                {"labels": f'{{job="api", route="{b.route}"}}', "value": 1}
+                            ],
+                        }
+                        for b in found
+                    ),
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "blocking.yml"
+    path.write_text(json.dumps(unit, indent=1))
     done = promtool("test", "rules", str(path))
     assert done.returncode == 0, done.stdout + done.stderr
