@@ -21,6 +21,9 @@ have haproxy || missing+=(haproxy)
 have caddy || missing+=(caddy)
 # uWSGI and mod_wsgi are compiled from PyPI by the pip install below.
 have gcc || missing+=(gcc libc6-dev)
+# Node runs the KEDA and prometheus-operator CRD schemas the Kubernetes recipes are checked against.
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
     echo "installing Debian packages: ${missing[*]}"
@@ -38,6 +41,12 @@ if ((${#missing[@]})); then
 fi
 
 PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install -q --disable-pip-version-check -e '.[test]' || exit 1
+models=.venvs/kubernetes-models
+if [ ! -d "$models/node_modules/@kubernetes-models/keda" ] \
+    || [ ! -d "$models/node_modules/@kubernetes-models/prometheus-operator" ]; then
+    npm install --prefix "$models" --no-audit --no-fund --silent \
+        @kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0 || exit 1
+fi
 
 # The event-loop tests also run their servers on the oldest and newest Python pyenv has here:
 # asyncio's internals differ between versions. Each gets a virtual environment with the servers;
