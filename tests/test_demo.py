@@ -13,17 +13,17 @@ import psutil
 
 import servers
 
-DEMO_APP = "workermeter.demo_app:application"
+DEMO_APPS = {"workermeter.demo_app:application", "workermeter.demo_app:asgi_application"}
 
 
 def demo_processes(since: float) -> list[psutil.Process]:
-    """Live processes serving the demo app that started after ``since`` (so not anyone else's
+    """Live processes serving a demo app that started after ``since`` (so not anyone else's
     demo from before this test)."""
     found = []
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         info = proc.info
         if (
-            DEMO_APP in (info["cmdline"] or [])
+            DEMO_APPS & set(info["cmdline"] or [])
             and info["create_time"] >= since - 1
             and info["status"] != psutil.STATUS_ZOMBIE
         ):
@@ -64,6 +64,34 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running() -> None:
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert demo_processes(started) == []
     assert elapsed < 30
+
+
+def test_the_async_demo_sizes_event_loops_and_names_the_blocking_route() -> None:
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "workermeter", "demo", "--asgi", "--duration", "12"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        cwd=servers.ROOT,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    out = result.stdout
+    assert "Traceback" not in result.stderr
+    pid = int(re.search(r"uvicorn \(pid (\d+)\)", out).group(1))  # type: ignore[union-attr]
+    assert "/io" in out and "/cpu" in out and "/block" in out
+    # One loop past saturation: it was busy all the time, and the answer is processes of one
+    # thread, both at the rate served and at the rate offered, with the blocking route first.
+    conclusion = " ".join(out.rsplit("In the last", 1)[1].split())  # unwrapped
+    served = re.search(r"event-loop worker completed [\d,]+/s, (\d+)% busy", conclusion)
+    assert served and int(served.group(1)) >= 90, conclusion
+    assert re.search(r"Suggestion: \d+ processes x 1 thread on 1 machine", conclusion)
+    assert re.search(r"actually offered .* asks for \d+ processes x 1 thread", conclusion)
+    assert "- First, a blocking call holds the event loop" in conclusion
+    assert "/block" in conclusion and "lower bound" in conclusion
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert demo_processes(started) == []
 
 
 def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:

@@ -10,6 +10,7 @@ a store of its own in a temporary directory (:mod:`.demo_servers`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import http.client
 import random
 import signal
@@ -22,7 +23,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from .. import observe
-from ..capacity import Workload, suggest
+from ..capacity import suggest
 from . import UsageError
 from . import demo_servers as servers
 from .suggest import setting
@@ -209,12 +210,15 @@ def _conclude(console: Console, watch: Watch, ramp: Ramp, sample: servers.Sample
     if answer.lower_bound and obs.service_time and offered > obs.rate:
         # The demo knows its arrival rate, which a saturated server cannot show: size for it.
         demand = obs.workload()
-        at_offered = Workload(
-            peak_rate=offered,
-            service_time=demand.service_time,
-            cpu_share=demand.cpu_share,
-            service_cv=demand.service_cv,
-        )
+        # The same requests, more of them: busy time grows with the rate, for slots and loops;
+        # what showed the saturation no longer applies to a demand that is known.
+        loops = demand.loops
+        if loops is not None:
+            loops = dataclasses.replace(loops, busy=loops.busy * offered / obs.rate)
+        at_offered = dataclasses.replace(
+            demand, peak_rate=offered, typical_rate=None, utilisation=None,
+            all_busy_share=None, wait_growing=False, loops=loops,
+        )  # fmt: skip
         full = suggest(at_offered, obs.machine())
         console.print(
             f"At the {offered:,.0f} requests/s actually offered (the rate a proxy's access log "
