@@ -192,9 +192,7 @@ def test_uvicorn_workers_report_the_elu_that_was_sent(
 
 
 @pytest.mark.parametrize("python", PYTHONS)
-def test_gunicorn_uvicorn_worker_reports_the_elu_that_was_sent(
-    tmp_path: Path, python: str
-) -> None:
+def test_gunicorn_uvicorn_worker_reports_the_elu_that_was_sent(tmp_path: Path, python: str) -> None:
     with _gunicorn(tmp_path, python, "uvicorn.workers.UvicornWorker", "apps.loop_app:app") as s:
         _check_loads(s, "uvloop", workers=2)
 

@@ -19,7 +19,8 @@ import requests
 
 from servers import REQUEST_TIMEOUT, ROOT, Server, automatic_store, gunicorn, uvicorn
 from test_other_servers import remove_store, uwsgi
-from workermeter.store import Snapshot, Store
+from workermeter.snapshot import Snapshot
+from workermeter.store import Store
 
 CONF = ROOT / "integrations" / "gunicorn.conf.py"
 

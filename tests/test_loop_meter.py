@@ -18,7 +18,7 @@ import pytest
 
 from conftest import FakeClock
 from test_store import in_child
-from workermeter import eventloop, threadpool
+from workermeter import eventloop, layout, threadpool
 from workermeter import store as s
 from workermeter.exposition import StoreCollector
 from workermeter.recorder import Recorder
@@ -34,7 +34,7 @@ def _loops(path: Path, clock: FakeClock) -> dict[int, list[int]]:
 
 def _busy_observed(path: Path, clock: FakeClock) -> tuple[float, float]:
     values = _loops(path, clock)[0]
-    return values[s.L_BUSY] / 1e9, values[s.L_OBSERVED] / 1e9
+    return values[layout.L_BUSY] / 1e9, values[layout.L_OBSERVED] / 1e9
 
 
 class FakeSelector:
@@ -83,7 +83,9 @@ def test_asyncio_busy_between_waits_and_idle_in_them(tmp_path: Path) -> None:
     selector.wait, selector.store = 0.5, (tmp_path, clock)
     loop._selector.select(1.0)
     # Read while it waited: the 0.3 s before, and 0.5 s observed idle.
-    assert selector.during == [[s.LOOP_METHODS.index("asyncio"), 300_000_000, 800_000_000, 0, 0]]
+    assert selector.during == [
+        [layout.LOOP_METHODS.index("asyncio"), 300_000_000, 800_000_000, 0, 0]
+    ]
     clock.advance(0.2)
     assert _busy_observed(tmp_path, clock) == (0.5, 1.0)
     assert selector.timeouts == [1.0]
@@ -139,7 +141,7 @@ def test_a_real_asyncio_loop_is_measured_and_still_serves(tmp_path: Path) -> Non
         return method, line, wrapped
 
     assert asyncio.run(main()) == ("asyncio", b"ping\n", True)
-    assert active.header[s.H_LOOP_MARK] > active.header[s.H_LOOP_START]  # it measured
+    assert active.header[layout.H_LOOP_MARK] > active.header[layout.H_LOOP_START]  # it measured
 
 
 def test_timed_updates_count_a_missed_timer_as_busy(tmp_path: Path) -> None:
@@ -172,7 +174,7 @@ def test_a_scrape_during_an_update_waits_for_it(tmp_path: Path) -> None:
     store = s.Store(tmp_path, clock=clock)
     # The reader retries for a while, then takes what is there rather than hang.
     values = store.collect().loops[0]
-    assert values[s.L_METHOD] == eventloop.ASYNCIO
+    assert values[layout.L_METHOD] == eventloop.ASYNCIO
     words.end()
 
 
@@ -201,8 +203,8 @@ def test_a_dead_workers_loop_totals_stay_in_its_slot(tmp_path: Path) -> None:
     words.start(eventloop.ASYNCIO)
     clock.advance(0.5)
     again = s.Store(tmp_path, clock=clock).collect().loops[0]
-    assert again[s.L_BUSY] == first[s.L_BUSY] + 500_000_000
-    assert again[s.L_OBSERVED] == first[s.L_OBSERVED] + 500_000_000
+    assert again[layout.L_BUSY] == first[layout.L_BUSY] + 500_000_000
+    assert again[layout.L_OBSERVED] == first[layout.L_OBSERVED] + 500_000_000
 
 
 def test_the_exposition_names_the_method_and_leaves_sync_workers_out(tmp_path: Path) -> None:
@@ -245,7 +247,7 @@ def test_the_pool_counts_threads_taken_and_tasks_waiting_exactly(tmp_path: Path)
         await asyncio.sleep(0)  # the second task waits for the only thread
         clock.advance(0.5)
         snap = s.Store(tmp_path, clock=clock).collect()
-        assert snap.loops[0][s.L_POOL_BUSY :] == [1_500_000_000, 500_000_000]
+        assert snap.loops[0][layout.L_POOL_BUSY :] == [1_500_000_000, 500_000_000]
         assert snap.workers[0].pool_in_use == 1 and snap.workers[0].pool_waiting == 1
         limiter.release_on_behalf_of(first)  # the thread passes to the waiting task
         await waiter
@@ -253,7 +255,7 @@ def test_the_pool_counts_threads_taken_and_tasks_waiting_exactly(tmp_path: Path)
         limiter.release_on_behalf_of(second)
         clock.advance(7.0)  # idle: nothing more is counted
         snap = s.Store(tmp_path, clock=clock).collect()
-        assert snap.loops[0][s.L_POOL_BUSY :] == [3_500_000_000, 500_000_000]
+        assert snap.loops[0][layout.L_POOL_BUSY :] == [3_500_000_000, 500_000_000]
         assert (snap.workers[0].pool_in_use, snap.workers[0].pool_waiting) == (0, 0)
         assert snap.workers[0].pool_size == 1
         limiter.total_tokens = 3
@@ -267,7 +269,7 @@ def test_a_limiter_it_cannot_count_is_left_alone() -> None:
     class Other:  # another backend's limiter, holders kept otherwise
         _borrowers: tuple[object, ...] = ()
 
-    header = memoryview(bytearray(8 * s.HEADER_WORDS)).cast("q")
+    header = memoryview(bytearray(8 * layout.HEADER_WORDS)).cast("q")
     assert threadpool.instrument(Other(), eventloop.LoopWords(header, FakeClock())) is None
 
 
@@ -320,12 +322,12 @@ def test_counters_never_go_backwards_while_a_loop_runs_in_another_process(
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             values = store.collect().loops[0]
-            for i in (s.L_BUSY, s.L_OBSERVED):
+            for i in (layout.L_BUSY, layout.L_OBSERVED):
                 assert values[i] >= last[i], (i, values, last)
             changes += values != last
             last = values
         assert changes > 20  # the child really was changing meanwhile
-        assert 0 < last[s.L_BUSY] < last[s.L_OBSERVED]
+        assert 0 < last[layout.L_BUSY] < last[layout.L_OBSERVED]
     finally:
         stop.set()
         child.join(10)

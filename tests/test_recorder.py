@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeClock, FakeWallClock
-from workermeter import store as s
+from workermeter import layout
 from workermeter.metrics import BUCKETS_NS
 from workermeter.recorder import (
     METHODS,
@@ -25,7 +25,7 @@ from workermeter.recorder import (
     status_index,
 )
 
-MASK = (1 << s.LEVEL_BITS) - 1
+MASK = (1 << layout.LEVEL_BITS) - 1
 
 # Every bucket bound, a nanosecond either side, zero, and a power of two of each bit length.
 DURATIONS = sorted(
@@ -92,13 +92,13 @@ def test_finish_records_what_request_records(
 
 
 def level_word(active: Active) -> int:
-    return active.header[s.H_LEVEL]
+    return active.header[layout.H_LEVEL]
 
 
 @pytest.mark.parametrize("multithread", [False, True], ids=["single", "threads"])
 def test_level_word_is_odd_while_an_update_is_under_way(tmp_path: Path, multithread: bool) -> None:
     """The clock is read after the word turns odd, and the word is even again with the new
-    level after: what a scrape's sequence lock relies on (store._read_chunk0)."""
+    level after: what a scrape's sequence lock relies on (store.read_chunk0)."""
     seen: list[int] = []
     watched: list[Active] = []
 
@@ -118,10 +118,10 @@ def test_level_word_is_odd_while_an_update_is_under_way(tmp_path: Path, multithr
             active.finish(lane, "/x", "GET", 1, 0, None)
         words.append(level_word(active))
     assert [w & MASK for w in words] == [0, 1, 2, 1, 2, 1, 0]
-    assert all(s._steady(w) for w in words)
-    assert all(not s._steady(w) for w in seen)
-    assert [w >> s.LEVEL_BITS for w in words] == list(range(0, 13, 2))
-    assert [w >> s.LEVEL_BITS for w in seen] == list(range(1, 12, 2))
+    assert all(layout.steady(w) for w in words)
+    assert all(not layout.steady(w) for w in seen)
+    assert [w >> layout.LEVEL_BITS for w in words] == list(range(0, 13, 2))
+    assert [w >> layout.LEVEL_BITS for w in seen] == list(range(1, 12, 2))
     assert [w & MASK for w in seen] == [0, 1, 2, 1, 2, 1]  # the level before the change
 
 
@@ -133,12 +133,12 @@ def test_level_word_holds_levels_past_the_recorded_ones(tmp_path: Path) -> None:
     top = MASK + 3
     for n in range(1, top + 1):
         active.begin()
-        if n in (s.MAX_LEVEL, s.MAX_LEVEL + 1, MASK, top):
+        if n in (layout.MAX_LEVEL, layout.MAX_LEVEL + 1, MASK, top):
             assert level_word(active) & MASK == min(n, MASK)
-            assert level_word(active) >> s.LEVEL_BITS == 2 * n
+            assert level_word(active) >> layout.LEVEL_BITS == 2 * n
     for n in range(top - 1, -1, -1):
         active.end()
-        if n in (MASK + 1, MASK, MASK - 1, s.MAX_LEVEL, 0):
+        if n in (MASK + 1, MASK, MASK - 1, layout.MAX_LEVEL, 0):
             assert active.level == n
             assert level_word(active) & MASK == min(n, MASK)
-            assert level_word(active) >> s.LEVEL_BITS == 2 * (2 * top - n)
+            assert level_word(active) >> layout.LEVEL_BITS == 2 * (2 * top - n)

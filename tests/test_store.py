@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from workermeter import layout
 from workermeter import store as s
 from workermeter.recorder import ROUTE_VALUES, Recorder, status_index
+from workermeter.snapshot import Snapshot
 
 
 class Clock:
@@ -65,8 +67,8 @@ def record(recorder: Recorder, route: str, n: int, duration: int = 1000) -> None
         active.end()
 
 
-def route_count(snap: s.Snapshot, route: str) -> int:
-    values = snap.records.get((s.ROUTE, f"{route}\0GET"), [0] * ROUTE_VALUES)
+def route_count(snap: Snapshot, route: str) -> int:
+    values = snap.records.get((layout.ROUTE, f"{route}\0GET"), [0] * ROUTE_VALUES)
     return sum(values[:6])
 
 
@@ -229,9 +231,9 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
     (tmp_path / "archive.wm").write_bytes(b"\0" * 64)
     (tmp_path / "unrelated.txt").write_text("hello")
     # A header that claims more words than the file holds, of a worker that is not running.
-    header = [0] * s.HEADER_WORDS
-    header[s.H_MAGIC], header[s.H_USED] = s.MAGIC, s.HEADER_WORDS + 100
-    (tmp_path / "w9-3-0badf00d-0.wm").write_bytes(struct.pack(f"<{s.HEADER_WORDS}q", *header))
+    header = [0] * layout.HEADER_WORDS
+    header[layout.H_MAGIC], header[layout.H_USED] = layout.MAGIC, layout.HEADER_WORDS + 100
+    (tmp_path / "w9-3-0badf00d-0.wm").write_bytes(struct.pack(f"<{layout.HEADER_WORDS}q", *header))
     with caplog.at_level(logging.WARNING, logger="workermeter"):
         snap = s.Store(tmp_path, clock=clock).collect()
     assert route_count(snap, "/ok") == 2
@@ -313,14 +315,14 @@ def test_one_store_reads_records_added_between_scrapes(tmp_path: Path) -> None:
 
 
 def test_records_of_another_length_add_the_values_both_have() -> None:
-    snap = s.Snapshot()
+    snap = Snapshot()
     for values in ([1, 2, 3], [10, 20, 30], [100, 200], [1000, 2000, 3000, 4000]):
-        snap.add_record(s.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
-    assert snap.records[(s.ROUTE, "k")] == [1111, 2222, 3033]
-    same = s.Snapshot()
+        snap.add_record(layout.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
+    assert snap.records[(layout.ROUTE, "k")] == [1111, 2222, 3033]
+    same = Snapshot()
     for values in ([1, 2], [3, 4], [5, 6]):
-        same.add_record(s.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
-    assert same.records[(s.ROUTE, "k")] == [9, 12]
+        same.add_record(layout.ROUTE, "k", memoryview(array.array("q", values)).cast("B").cast("q"))
+    assert same.records[(layout.ROUTE, "k")] == [9, 12]
 
 
 def test_stores_of_gone_servers_are_swept(tmp_path: Path) -> None:
@@ -347,10 +349,10 @@ def test_routes_past_the_limit_do_not_grow_the_store(tmp_path: Path) -> None:
     for i in range(2000):
         record(rec, f"/raw/{i}", 1)
     snap = s.Store(tmp_path, clock=clock).collect()
-    routes = sorted(key.split("\0")[0] for kind, key in snap.records if kind == s.ROUTE)
+    routes = sorted(key.split("\0")[0] for kind, key in snap.records if kind == layout.ROUTE)
     assert routes == ["/raw/0", "/raw/1", "/raw/2", "<other>"]
     assert route_count(snap, "<other>") == 1997
     active = rec.active
     assert active is not None
     assert len(active.lane().routes) == 4
-    assert active.region.header[s.H_USED] < s.FIRST_RECORD + 4 * 100
+    assert active.region.header[layout.H_USED] < layout.FIRST_RECORD + 4 * 100

@@ -22,8 +22,8 @@ from prometheus_client.openmetrics import parser as openmetrics
 from conftest import WALL_START, FakeClock
 from promtext import Samples, parse, total, value
 from workermeter import WSGIMiddleware
+from workermeter.layout import HEADER_WORDS
 from workermeter.recorder import Recorder
-from workermeter.store import HEADER_WORDS
 
 Environ = dict[str, Any]
 Headers = list[tuple[str, str]]

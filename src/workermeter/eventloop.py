@@ -31,23 +31,23 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import store as s
+from . import layout
 
 log = logging.getLogger("workermeter")
 
-ASYNCIO = s.LOOP_METHODS.index("asyncio")
-UVLOOP = s.LOOP_METHODS.index("uvloop")
-GEVENT = s.LOOP_METHODS.index("gevent")
-ESTIMATE = s.LOOP_METHODS.index("lag_estimate")
+ASYNCIO = layout.LOOP_METHODS.index("asyncio")
+UVLOOP = layout.LOOP_METHODS.index("uvloop")
+GEVENT = layout.LOOP_METHODS.index("gevent")
+ESTIMATE = layout.LOOP_METHODS.index("lag_estimate")
 
 PUBLISH_INTERVAL = 0.25  # seconds between updates of a loop measured by a timer
 ESTIMATE_MEAN = 0.05  # mean seconds between the estimate's probes
 LATE_NS = 2_000_000  # a probe later than this found the loop busy (timers may be ms-rounded)
 _SLACK_NS = 5_000_000  # a timer may fire this late on an idle loop (libuv's clock is in ms)
 
-_H_SEQ = s.H_LOOP_SEQ
-_H_BUSY = s.H_LOOP_BUSY
-_H_MARK = s.H_LOOP_MARK
+_H_SEQ = layout.H_LOOP_SEQ
+_H_BUSY = layout.H_LOOP_BUSY
+_H_MARK = layout.H_LOOP_MARK
 
 
 class LoopWords:
@@ -83,11 +83,11 @@ class LoopWords:
         ``grace`` ns if that is given; the time it began."""
         h = self.h
         now = self.begin()
-        h[s.H_LOOP_START] = now
+        h[layout.H_LOOP_START] = now
         h[_H_MARK] = now
-        h[s.H_LOOP_GRACE] = grace
+        h[layout.H_LOOP_GRACE] = grace
         h[_H_BUSY] = self.busy = 0
-        h[s.H_LOOP_METHOD] = method
+        h[layout.H_LOOP_METHOD] = method
         self.end()
         return now
 
@@ -99,7 +99,7 @@ class LoopWords:
         self.busy = busy = max(busy, self.busy)  # a counter: never back
         h[_H_BUSY] = busy
         h[_H_MARK] = now
-        h[s.H_LOOP_GRACE] = grace
+        h[layout.H_LOOP_GRACE] = grace
         self.end()
         return now
 
@@ -297,7 +297,7 @@ def install_asyncio(loop: Any, words: LoopWords) -> str | None:
     else:
         meter = TimedMeter(loop, words, None, seed=id(loop))
     _installed[loop] = meter
-    return s.LOOP_METHODS[words.h[s.H_LOOP_METHOD]]
+    return layout.LOOP_METHODS[words.h[layout.H_LOOP_METHOD]]
 
 
 def install_gevent(words: LoopWords) -> str | None:

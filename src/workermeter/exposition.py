@@ -16,8 +16,7 @@ from . import metrics as m
 from . import recorder as r
 from .access import allowed as allowed
 from .access import private_client as private_client
-from .listeners import Listener, listening
-from .store import (
+from .layout import (
     L_BUSY,
     L_METHOD,
     L_OBSERVED,
@@ -26,10 +25,10 @@ from .store import (
     LOOP_METHODS,
     PROCESS,
     ROUTE,
-    Snapshot,
-    Store,
-    WorkerState,
 )
+from .listeners import Listener, listening
+from .snapshot import Snapshot, WorkerState
+from .store import Store
 from .textformat import (
     KEEPS_NAMES,
     Families,

@@ -65,7 +65,8 @@ from typing import Any, Protocol
 from .exposition import Exposition
 from .instance import ENV_DIR, sweep
 from .metrics_server import MetricsServer, listen, metrics_app
-from .store import Snapshot, Store, default_base, ensure_private_dir
+from .snapshot import Snapshot
+from .store import Store, default_base, ensure_private_dir
 
 __all__ = ["child_exit", "on_exit", "on_starting", "when_ready", "worker_exit"]
 

@@ -18,6 +18,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from . import layout
 from . import store as _store
 from .listeners import own_listening_inodes
 from .metrics import BUCKETS_NS
@@ -65,11 +66,11 @@ bucket_of = bisect.bisect_left
 # for a third of its cost.
 _FIRST_BUCKET = tuple(bucket_of(BUCKETS_NS, 1 << (n - 1) if n else 0) for n in range(65))
 _BOUNDS = (*BUCKETS_NS, 1 << 64)
-_MAX_LEVEL = _store.MAX_LEVEL
-_ENTER = _store.ENTER
-_ABOVE = _store.ABOVE
-_H_LEVEL = _store.H_LEVEL
-_LEVEL_BITS = _store.LEVEL_BITS
+_MAX_LEVEL = layout.MAX_LEVEL
+_ENTER = layout.ENTER
+_ABOVE = layout.ABOVE
+_H_LEVEL = layout.H_LEVEL
+_LEVEL_BITS = layout.LEVEL_BITS
 _LEVEL_MASK = (1 << _LEVEL_BITS) - 1
 _SEQ = 1 << _LEVEL_BITS  # one step of the level word's update count
 _RISE = _SEQ + 1  # from an update under way to its end, one level up
@@ -121,7 +122,7 @@ class Lane:
         self.routes: dict[str, dict[str, tuple[memoryview, int]]] = {}
         # cpu_sample 0 starts the countdown at -1: it never reaches zero.
         self.countdown = active.cpu_sample or -1
-        self.proc, self.proc_base = active.allocate(_store.PROCESS, "", index, PROCESS_VALUES)
+        self.proc, self.proc_base = active.allocate(layout.PROCESS, "", index, PROCESS_VALUES)
 
     def queue_wait(self, wait: float | None, problem: str | None) -> None:
         """Record the outcome of parsing the request-start headers."""
@@ -261,7 +262,7 @@ class Active:
         return self._allocate(lane, route, method)
 
     def _allocate(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
-        slot = self.allocate(_store.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
+        slot = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
         lane.routes.setdefault(route, {})[method] = slot
         return slot
 
@@ -397,12 +398,12 @@ class Active:
 
     def thread_pool(self, size: int, in_use: int) -> None:
         """Publish the size and use of the thread pool that runs an async app's sync code."""
-        self.header[_store.H_POOL_SIZE] = size
-        self.header[_store.H_POOL_IN_USE] = in_use
+        self.header[layout.H_POOL_SIZE] = size
+        self.header[layout.H_POOL_IN_USE] = in_use
 
     def websocket(self, delta: int) -> None:
         with self._lock:
-            self.header[_store.H_WEBSOCKETS] += delta
+            self.header[layout.H_WEBSOCKETS] += delta
 
 
 class _LaneHolder:

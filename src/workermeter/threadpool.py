@@ -18,7 +18,7 @@ import sys
 from collections import OrderedDict
 from typing import Any
 
-from . import store as s
+from . import layout
 from .eventloop import LoopWords
 
 log = logging.getLogger("workermeter")
@@ -31,8 +31,8 @@ class PoolWords:
         self._words = words
         self._limiter = limiter
         h = words.h
-        self._busy = h[s.H_POOL_BUSY]
-        self._wait = h[s.H_POOL_WAIT]
+        self._busy = h[layout.H_POOL_BUSY]
+        self._wait = h[layout.H_POOL_WAIT]
         self._since = 0
         self.taken = 0
         self.waiting = 0
@@ -55,12 +55,12 @@ class PoolWords:
         self._since = now
         self.taken += taken
         self.waiting += waiting
-        h[s.H_POOL_BUSY] = self._busy
-        h[s.H_POOL_WAIT] = self._wait
-        h[s.H_POOL_SINCE] = now
-        h[s.H_POOL_IN_USE] = self.taken
-        h[s.H_POOL_WAITING] = self.waiting
-        h[s.H_POOL_SIZE] = _size(self._limiter)
+        h[layout.H_POOL_BUSY] = self._busy
+        h[layout.H_POOL_WAIT] = self._wait
+        h[layout.H_POOL_SINCE] = now
+        h[layout.H_POOL_IN_USE] = self.taken
+        h[layout.H_POOL_WAITING] = self.waiting
+        h[layout.H_POOL_SIZE] = _size(self._limiter)
         words.end()
 
 

@@ -66,7 +66,7 @@ app = Starlette(
         Route("/block", block),
         Route("/await", wait),
         Route("/sync", sync),
-    ]
+    ],
 )
 # The tests sample every request's steps, to compare each route's held time with what it did.
 app.add_middleware(ASGIMiddleware, cpu_sample=int(os.environ.get("LOOP_APP_CPU_SAMPLE", "16")))
