@@ -83,7 +83,8 @@ def test_a_minute_row_holds_what_was_served(tmp_path: Path) -> None:
     assert first.slots == 1 and first.workers == 1 and first.peak_busy == 1
     assert first.all_busy_seconds == pytest.approx(3.2)  # one slot: busy is all busy
     assert first.service_mean == pytest.approx(0.1)
-    assert first.service_time(0.5) is not None and 0.05 < first.service_time(0.5) <= 0.1
+    p50 = first.service_time(0.5)
+    assert p50 is not None and 0.05 < p50 <= 0.1  # within the 50-100 ms bucket
     # A full minute half busy, with longer requests.
     w.serve(60, 0.5)
     w.to(T0 + 120.2)
