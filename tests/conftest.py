@@ -6,9 +6,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
 
 from workermeter.recorder import Recorder
+
+# The middleware in this process keeps no history: each test's store would get a history file of
+# its own, and a writer thread. The tests of the history turn it on where they need it; servers the
+# tests start keep theirs (tests/servers.py).
+os.environ["WORKERMETER_HISTORY"] = "off"
 
 WALL_START = 1_700_000_000.0
 

@@ -43,7 +43,8 @@ READY_TIMEOUT = 20.0
 REQUEST_TIMEOUT = 15.0
 STOP_TIMEOUT = 15.0
 # Variables of the library that must not leak from the developer's shell into a server.
-_LIBRARY_ENV = ("WORKERMETER_DIR", "WORKERMETER_TOKEN")
+# Servers keep a history as users' do; the tests' own process does not (see conftest).
+_LIBRARY_ENV = ("WORKERMETER_DIR", "WORKERMETER_TOKEN", "WORKERMETER_HISTORY")
 
 
 class ServerExited(RuntimeError):

@@ -14,13 +14,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from workermeter import serve_metrics
-from workermeter.exposition import (
-    ProcessUsage,
-    allowed,
-    host_usage,
-    private_client,
-)
+from workermeter.exposition import allowed, private_client
 from workermeter.recorder import Recorder, status_index
+from workermeter.usage import ProcessUsage, host_usage
 
 
 @pytest.mark.parametrize(

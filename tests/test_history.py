@@ -15,6 +15,7 @@ import pytest
 
 from conftest import FakeClock, FakeWallClock
 from workermeter import history as h
+from workermeter import history_candidate as hc
 from workermeter import history_writer as hw
 from workermeter.recorder import Recorder, status_index
 from workermeter.store import Store
@@ -234,8 +235,8 @@ def test_the_cursor_is_plain_json(tmp_path: Path) -> None:
 _CANDIDATE = """
 import sys, time
 sys.path.insert(0, sys.argv[3])
-from workermeter import history_writer as hw
-c = hw.Candidate(sys.argv[1], history=sys.argv[2])
+from workermeter import history_candidate as hc
+c = hc.Candidate(sys.argv[1], history=sys.argv[2])
 c.start()
 while not c.writing:
     time.sleep(0.05)
@@ -256,8 +257,8 @@ def test_one_process_writes_and_another_takes_over_when_it_is_killed(
     )  # fmt: skip
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "writing"
-        monkeypatch.setattr(hw, "RETRY_EVERY", 0.1)
-        here = hw.Candidate(store_dir, history=history_dir)
+        monkeypatch.setattr(hc, "RETRY_EVERY", 0.1)
+        here = hc.Candidate(store_dir, history=history_dir)
         here.start()
         time.sleep(0.5)
         assert not here.writing  # the child holds the lock

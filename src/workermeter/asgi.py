@@ -73,11 +73,13 @@ class ASGIMiddleware(Meter):
                 await self.app(scope, receive, send)
             return
         path = scope["path"]
-        if self._metrics_path is not None and path.endswith(self._metrics_path):
+        if self._own_paths and path.endswith(self._own_suffixes):
             # ASGI paths include the root path the app is mounted under (behind a proxy).
             root = scope.get("root_path", "")
-            if path == self._metrics_path or (root and path == root + self._metrics_path):
-                await self._metrics(scope, send)
+            if root and path.startswith(root):
+                path = path[len(root) :] or "/"
+            if path in self._own_paths:
+                await self._own(scope, path, send)
                 return
         active = self.recorder.active or self._activate()
         if active is None:
@@ -203,18 +205,30 @@ class ASGIMiddleware(Meter):
         finally:
             active.websocket(-1)
 
-    async def _metrics(self, scope: Scope, send: Send) -> None:
+    async def _own(self, scope: Scope, path: str, send: Send) -> None:
+        """The metrics or the status page, for the clients they are open to."""
         headers = dict(scope.get("headers") or ())
         client = scope.get("client")
         forwarded = any(h in headers for h in _FORWARDING)
         auth = headers.get(b"authorization")
-        ok = scope.get("method") in ("GET", "HEAD") and allowed(
+        let_in = allowed(
             self.token,
             client[0] if client else None,
             forwarded,
             auth.decode("latin-1") if auth is not None else None,
         )
-        if ok:
+        ok = scope.get("method") in ("GET", "HEAD") and let_in
+        if path != self._metrics_path:
+            from .status import refused
+
+            query = scope.get("query_string", b"").decode("latin-1")
+            # The page reads the store and the history files: off the event loop.
+            status, head, body = (
+                await asyncio.to_thread(self.site.respond, path, scope.get("method"), query)
+                if let_in
+                else refused(self.token)
+            )
+        elif ok:
 
             def header(name: bytes) -> str | None:
                 value = headers.get(name)

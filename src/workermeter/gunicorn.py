@@ -33,7 +33,9 @@ its own, call ours from it; keyword arguments take precedence over the environme
     ``127.0.0.1``. Threads do not survive ``fork``, and nothing in a worker uses this one: every
     child closes its copies of the metrics sockets as it is forked (``os.register_at_fork``, so
     no ``post_fork`` hook is needed), and a fork waits for a scrape in progress, so that no
-    worker inherits the store's file locks.
+    worker inherits the store's file locks. The arbiter also writes the history of the instance
+    (:mod:`workermeter.history_candidate`): a row a minute, kept where ``$WORKERMETER_HISTORY_DIR``
+    says, else in the store.
 ``child_exit(server, worker)``
     Arbiter, after a worker died: exited, recycled by ``max_requests``, or killed. Folds it into
     the store's archive at once: its counters stay in the totals, its gauges and its request in
@@ -44,7 +46,8 @@ its own, call ours from it; keyword arguments take precedence over the environme
     itself) and, in the arbiter, for a worker it found already gone, which ``child_exit`` does
     not see; there it folds like ``child_exit``.
 ``on_exit(server)``
-    Arbiter, at shutdown: stops serving the metrics. The store stays for a last reader; an
+    Arbiter, at shutdown: writes the minute under way to the history and stops serving the
+    metrics. The store stays for a last reader; an
     automatic one is swept 10 minutes after its workers are gone.
 
 An error in a hook is logged through gunicorn's logger and never stops gunicorn: the server runs
@@ -60,13 +63,16 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exposition import Exposition
 from .instance import ENV_DIR, sweep
 from .metrics_server import MetricsServer, listen, metrics_app
 from .snapshot import Snapshot
 from .store import Store, default_base, ensure_private_dir
+
+if TYPE_CHECKING:
+    from . import history_candidate
 
 __all__ = ["child_exit", "on_exit", "on_starting", "when_ready", "worker_exit"]
 
@@ -139,6 +145,7 @@ def when_ready(server: Arbiter, *, port: int | None = None, bind: str | None = N
         server.log.info(
             "workermeter: metrics of all workers on http://%s:%s/metrics", where, actual
         )
+        state.keep_history()
 
 
 def child_exit(server: Arbiter, worker: object) -> None:
@@ -279,11 +286,12 @@ class _Instance:
         self.httpd: _MetricsServer | None = None
         self._thread: threading.Thread | None = None
         self._fork_held = False
+        self.history: history_candidate.Candidate | None = None
 
     def serve(self, bind: str, port: int) -> tuple[str, int]:
         """Listen on ``bind:port`` and serve from a daemon thread; the address listened on."""
         httpd = _MetricsServer(*listen(bind, port), self.lock)
-        httpd.set_app(metrics_app(Exposition(lambda: self.store)))
+        httpd.set_app(metrics_app(Exposition(lambda: self.store), lambda: self.store))
         with self.lock:
             self.httpd = httpd
         os.register_at_fork(
@@ -297,7 +305,17 @@ class _Instance:
         self._thread.start()
         return str(httpd.server_address[0]), int(httpd.server_address[1])
 
+    def keep_history(self) -> None:
+        """Write the history from the arbiter, which outlives every worker, reading the store
+        under the lock a fork waits for."""
+        from . import history_candidate
+
+        self.history = history_candidate.start(self.store.directory, store=lambda: self.store)
+
     def stop(self) -> None:
+        history, self.history = self.history, None
+        if history is not None:
+            history.stop()
         httpd, self.httpd = self.httpd, None
         if httpd is not None:
             httpd.shutdown()
@@ -321,4 +339,5 @@ class _Instance:
         if httpd is not None:
             httpd.drop_in_child()
         self._thread = None
+        self.history = None  # the arbiter's writer: its thread does not run here
         # The copy of the lock stays held, as it was for the fork: nothing here takes it again.

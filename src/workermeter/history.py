@@ -114,18 +114,19 @@ def fold(rows: Sequence[Sequence[int]], period: int) -> list[int]:
     """One row for ``period`` from several: sums, and the largest or smallest of the peaks."""
     out = [0] * ROW_WORDS
     out[PERIOD] = period
+    if not rows:
+        return out
+    columns = list(zip(*rows, strict=True))
     for i in range(1, ROW_WORDS):
-        values = [row[i] for row in rows]
-        if i in MAXED:
-            out[i] = max(values, default=0)
-        elif i in MINNED:
-            out[i] = min((v for v in values if v), default=0)
-        elif i == FLAGS:
-            out[i] = 0
-            for v in values:
-                out[i] |= v
-        else:
-            out[i] = sum(values)
+        out[i] = sum(columns[i])
+    for i in MAXED:
+        out[i] = max(columns[i])
+    for i in MINNED:
+        out[i] = min((v for v in columns[i] if v), default=0)
+    flags = 0
+    for v in columns[FLAGS]:
+        flags |= v
+    out[FLAGS] = flags
     return out
 
 
@@ -447,3 +448,42 @@ def rows(file: HistoryFile, start: float, end: float, *, hourly: bool = False) -
     for period in range(first, last):
         values = file.row(period, hourly=hourly)
         yield Row(period * step, float(step), None if values is None else tuple(values))
+
+
+def series(file: HistoryFile, start: float, end: float, step: int) -> list[Row]:
+    """Rows of ``step`` seconds (a multiple of 60) that begin in [start, end), gaps included.
+
+    A row of several minutes is their minute rows folded; an hour that no minute row holds any
+    more (older than 8 days) is its hour row. A period with nothing recorded is a gap.
+    """
+    if step <= 0 or step % 60:
+        raise ValueError(f"step must be a positive number of minutes in seconds, got {step!r}")
+    if step == 60:
+        return list(rows(file, start, end))
+    minutes = step // 60
+    oldest = math.ceil(end / 60) - MINUTE_ROWS + 1  # older minute rows have been overwritten
+    out = []
+    for period in range(math.floor(start / step), math.ceil(end / step)):
+        first = period * minutes
+        values: list[int] | None = None
+        if first >= oldest:
+            found = [file.row(m) for m in range(first, first + minutes)]
+            present = [v for v in found if v is not None]
+            if present:
+                values = fold(present, period)
+        elif step == 3600:
+            values = file.row(period, hourly=True)
+        out.append(Row(period * step, float(step), None if values is None else tuple(values)))
+    return out
+
+
+def busiest(found: Sequence[Row], n: int = 10) -> list[Row]:
+    """The ``n`` busiest rows: by utilisation, then seconds with every slot busy, then queue
+    wait; gaps and rows without requests or capacity left out."""
+
+    def key(row: Row) -> tuple[float, float, float]:
+        return (row.utilisation or 0.0, row.all_busy_seconds, row.queue_wait(0.95) or 0.0)
+
+    ranked = [row for row in found if not row.gap and (row.requests or row.utilisation)]
+    ranked.sort(key=key, reverse=True)
+    return ranked[:n]

@@ -2,10 +2,8 @@
 difference of the store's totals since the last row.
 
 Every process that can (the gunicorn hooks' arbiter, ``workermeter serve``, and every worker with
-the middleware) runs a :class:`Candidate`: a daemon thread that tries, every few seconds, to take
-a POSIX record lock on ``history.lock``. The one that holds it is the writer. Such a lock is
-released by the kernel when its process dies, even by SIGKILL, and unlike ``flock`` it is not
-inherited by ``fork``, so an arbiter's lock does not pass to its workers.
+the middleware) runs a candidate (:mod:`workermeter.history_candidate`); the one that holds a
+lock on the history is the writer, and calls :class:`Writer` here.
 
 The writer changing never counts a minute twice, because the counts are the store's totals
 (which never go backwards: the dead's are kept in its archive) and each row is the difference
@@ -23,12 +21,9 @@ went backwards (the store was made anew, after a reboot under ``/dev/shm``) star
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,9 +40,6 @@ from .store import Store
 log = logging.getLogger("workermeter")
 
 CURSOR = "history-cursor.json"
-LOCK = "history.lock"
-SAMPLE_EVERY = 5.0  # seconds between readings of memory, CPU and the listen backlog
-RETRY_EVERY = 5.0  # seconds between tries of a candidate that is not the writer
 ENV_HISTORY = "WORKERMETER_HISTORY_DIR"
 
 
@@ -269,7 +261,9 @@ class Writer:
         assert self.cursor is not None
         data = {"totals": self.cursor.to_json(), "hour_routes": self.hour_routes, "hour": self.hour}
         temp = self.directory / f".{CURSOR}.{os.getpid()}.tmp"
-        temp.write_text(json.dumps(data, separators=(",", ":")))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, separators=(",", ":")))
         os.replace(temp, self.directory / CURSOR)
 
     def sample(self, snap: Snapshot | None = None) -> None:
@@ -369,86 +363,3 @@ def _longest(now: Totals, before: Totals) -> int:
     return max(
         (a[0] - (before.slots.get(s) or [0])[0] for s, a in now.slots.items() if a), default=0
     )
-
-
-# --------------------------------------------------------------------------------- candidate
-
-
-class Candidate:
-    """A daemon thread that writes the history while this process holds ``history.lock``."""
-
-    def __init__(
-        self,
-        store_directory: Path,
-        *,
-        sample: Callable[[Snapshot], Gauges | None] | None = None,
-        history: Path | None = None,
-    ) -> None:
-        self.store_directory = Path(store_directory)
-        self.directory = Path(history) if history else history_directory(self.store_directory)
-        self._sample = sample
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._writer: Writer | None = None
-        self._fd: int | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="workermeter-history", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Write the minute under way and let another process take over."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self._thread = None
-
-    @property
-    def writing(self) -> bool:
-        return self._writer is not None
-
-    def _try_lock(self) -> bool:
-        from .store import ensure_private_dir
-
-        ensure_private_dir(self.directory)
-        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                if self._writer is None:
-                    if self._try_lock():
-                        self._writer = Writer(
-                            Store(self.store_directory), self.directory, sample=self._sample
-                        )
-                        self._writer.tick()
-                    else:
-                        self._stop.wait(RETRY_EVERY)
-                        continue
-                writer = self._writer
-                now = time.time()
-                to_minute = 60 - now % 60
-                self._stop.wait(min(SAMPLE_EVERY, to_minute + 0.05))
-                if self._stop.is_set():
-                    break
-                writer.sample()
-                writer.tick()
-            if self._writer is not None:
-                self._writer.tick(final=True)
-        except Exception:  # the meter failing never fails the app
-            log.exception("workermeter: the history writer stopped")
-        finally:
-            if self._writer is not None:
-                self._writer.file.close()
-                self._writer = None
-            if self._fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(self._fd)  # releases the lock
-                self._fd = None

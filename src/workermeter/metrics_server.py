@@ -1,6 +1,6 @@
 """Serving the metrics over HTTP on a port of their own: from a thread of the process that
 calls :func:`serve_metrics`, from the gunicorn arbiter (:mod:`workermeter.gunicorn`), or from
-``workermeter serve``."""
+``workermeter serve``. The status page is served there too, at ``/`` and ``/metrics/status``."""
 
 from __future__ import annotations
 
@@ -15,15 +15,34 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from .exposition import Exposition
 from .instance import default_directory
+from .options import default_status_path
 from .store import Store
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 CLIENT_TIMEOUT = 10.0  # seconds a scraper may take to send its request
 
 
-def metrics_app(exposition: Exposition) -> WSGIApp:
-    """A WSGI app that answers GET and HEAD on any path with the metrics."""
-    return exposition.wsgi
+def metrics_app(exposition: Exposition, store: Callable[[], Store] | None = None) -> WSGIApp:
+    """A WSGI app that answers GET and HEAD on any path with the metrics; given the ``store``,
+    also the status page at ``/metrics/status`` (or ``$WORKERMETER_STATUS_PATH``) and ``/``."""
+    path = default_status_path("/metrics") if store is not None else None
+    if store is None or path is None:
+        return exposition.wsgi
+    from .status import Site, Status
+
+    site = Site(Status(store), path, root=True)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path not in site.paths:
+            return exposition.wsgi(environ, start_response)
+        status, headers, body = site.respond(
+            path, environ.get("REQUEST_METHOD"), environ.get("QUERY_STRING", "")
+        )
+        start_response(status, headers)
+        return [body]
+
+    return app
 
 
 class QuietHandler(WSGIRequestHandler):
@@ -73,7 +92,8 @@ def serve_metrics(
     """
     path = Path(directory) if directory is not None else None
     httpd = MetricsServer(*listen(addr, port))
-    httpd.set_app(metrics_app(Exposition(_lazy_store(path))))
+    store = _lazy_store(path)
+    httpd.set_app(metrics_app(Exposition(store), store))
     thread = threading.Thread(target=httpd.serve_forever, name="workermeter-metrics", daemon=True)
     thread.start()
     return httpd, thread

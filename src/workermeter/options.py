@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import sys
@@ -16,8 +17,46 @@ from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
 
 if TYPE_CHECKING:
     from .exposition import Exposition
+    from .status import Site
 
 ENV_TOKEN = "WORKERMETER_TOKEN"
+ENV_STATUS_PATH = "WORKERMETER_STATUS_PATH"
+_OFF = ("", "0", "off", "none", "false", "no")
+
+
+class Default(enum.Enum):
+    """An option left to its default, where None means "none"."""
+
+    DEFAULT = enum.auto()
+
+
+DEFAULT = Default.DEFAULT
+
+
+def default_status_path(metrics_path: str | None) -> str | None:
+    """Where the status page is served beside ``metrics_path``: ``$WORKERMETER_STATUS_PATH``
+    (``off`` for nowhere), else ``<metrics_path>/status``; none without metrics.
+
+    :raises ValueError: if the variable is set to something else than a path or off.
+    """
+    env = os.environ.get(ENV_STATUS_PATH)
+    if env is not None:
+        if env.strip().lower() in _OFF:
+            return None
+        if not env.startswith("/"):
+            raise ValueError(f"{ENV_STATUS_PATH}={env!r} must be a path starting with '/', or off")
+        return env.rstrip("/") or "/"
+    if metrics_path is None:
+        return None
+    return metrics_path.rstrip("/") + "/status"
+
+
+def status_paths(status_path: str | None) -> tuple[str, ...]:
+    """The paths of the status page at ``status_path``: the page, its JSON, script and style."""
+    if status_path is None:
+        return ()
+    base = "" if status_path == "/" else status_path
+    return (status_path, base + ".json", base + ".js", base + ".css")
 
 log = logging.getLogger("workermeter")
 
@@ -38,6 +77,7 @@ class Meter:
         route: Callable[[Any], str | None] | None = None,
         threads: int | None = None,
         metrics_path: str | None = "/metrics",
+        status_path: str | Default | None = DEFAULT,
         token: str | None = None,
         directory: str | os.PathLike[str] | None = None,
         route_limit: int | None = None,
@@ -60,6 +100,15 @@ class Meter:
             raise ValueError(
                 f"metrics_path must be a path starting with '/' (or None to not serve metrics), "
                 f"got {metrics_path!r}"
+            )
+        if status_path is DEFAULT:
+            status_path = default_status_path(metrics_path)
+        elif status_path is not None and (
+            not isinstance(status_path, str) or not status_path.startswith("/")
+        ):
+            raise ValueError(
+                f"status_path must be a path starting with '/' (or None for no status page), "
+                f"got {status_path!r}"
             )
         for option, value in (("max_skew", max_skew), ("max_age", max_age)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
@@ -90,6 +139,13 @@ class Meter:
         self._exposition: Exposition | None = None  # built at the first scrape
         self.token = token
         self._metrics_path = metrics_path
+        self._status_path = status_path
+        # Every path the middleware answers itself, not counted as the app's traffic.
+        self._own_paths = frozenset(
+            p for p in (metrics_path, *status_paths(status_path)) if p is not None
+        )
+        self._own_suffixes = tuple(self._own_paths)
+        self._site: Site | None = None  # built at the first visit of the status page
         self._max_skew = float(max_skew)
         self._max_age = float(max_age)
         self._upload_bytes = recorder.upload_bytes
@@ -109,6 +165,17 @@ class Meter:
 
             exposition = self._exposition = Exposition(self.recorder.store)
         return exposition
+
+    @property
+    def site(self) -> Site:
+        """The status page, built at its first visit."""
+        site = self._site
+        if site is None:
+            from .status import Site, Status
+
+            assert self._status_path is not None
+            site = self._site = Site(Status(self.recorder.store), self._status_path)
+        return site
 
     def _attach_when_ready(self, frame: FrameType | None) -> None:
         """Count this worker from now, before its first request, when the server says the
@@ -148,8 +215,22 @@ class Meter:
         if self._failed_in == pid:
             return None
         try:
-            return self.recorder.activate(multithread=multithread, capacity=capacity)
+            active = self.recorder.activate(multithread=multithread, capacity=capacity)
         except Exception:  # the app must be served even when the meter cannot record
             log.exception("workermeter: cannot record; requests are served unmeasured")
             self._failed_in = pid
             return None
+        self._keep_history()
+        return active
+
+    def _keep_history(self) -> None:
+        """Run this worker's candidate for writing the history. It first tries after a few
+        seconds, so that an arbiter or ``workermeter serve`` started with the server, which try
+        at once, write it when they run."""
+        try:
+            from . import history_candidate
+
+            directory = self.recorder.store().directory
+            history_candidate.start(directory, wait_first=history_candidate.RETRY_EVERY)
+        except Exception:  # the history is worth less than the requests
+            log.exception("workermeter: cannot keep the history")

@@ -54,6 +54,7 @@ class WorkerState:
     pool_size: int = 0
     pool_in_use: int = 0
     pool_waiting: int = 0
+    requests: int = 0  # requests it completed, by its own records
 
 
 @dataclass

@@ -61,6 +61,7 @@ from .layout import (
     NAME,
     PACK,
     RECORD_HEADER,
+    ROUTE,
     Layout,
     Records,
     level_of,
@@ -312,6 +313,7 @@ class Store:
         return snap, dead
 
     def _merge_worker(self, snap: Snapshot, slot: int, paths: list[Path], *, live: bool) -> None:
+        state: WorkerState | None = None
         for index, path in enumerate(paths):
             if index == 0:
                 read = read_chunk0(path, self.clock, live=live)
@@ -324,8 +326,7 @@ class Store:
                 if loop is not None:
                     snap.add_loop(slot, loop)
                 if live:
-                    snap.workers.append(
-                        WorkerState(
+                    state = WorkerState(
                             slot=slot,
                             pid=words[H_PID],
                             capacity=words[H_CAPACITY],
@@ -340,7 +341,7 @@ class Store:
                                 i for i in words[H_LISTENERS : H_LISTENERS + MAX_LISTENERS] if i
                             ),
                         )
-                    )
+                    snap.workers.append(state)
             else:
                 chunk = read_words(path)
                 if chunk is None:
@@ -354,6 +355,11 @@ class Store:
             first = FIRST_RECORD if index == 0 else HEADER_WORDS
             layout = self._layouts[path.name] = parse_layout(words, first, path, known)
             self._merge(snap, words, layout[1], path)
+            if state is not None:
+                state.requests += sum(
+                    sum(words[start : start + 6]) for kind, _, start, _ in layout[1]
+                    if kind == ROUTE
+                )
 
     def _merge_archive(self, snap: Snapshot, path: Path) -> None:
         archive = read_words(path)

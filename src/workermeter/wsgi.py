@@ -55,8 +55,10 @@ class WSGIMiddleware(Meter):
         Werkzeug leave in the environ; ``None`` from it is ``<unmatched>``.
     :param threads: requests one process serves at once, when the server cannot tell.
     :param metrics_path: where to answer scrapes; ``None`` serves none (see ``serve_metrics``).
-    :param token: bearer token that opens ``metrics_path`` to any client
-        (default ``$WORKERMETER_TOKEN``).
+    :param status_path: where to serve the status page, under the same access rules (default
+        ``$WORKERMETER_STATUS_PATH``, else ``<metrics_path>/status``); ``None`` serves none.
+    :param token: the token that opens ``metrics_path`` and the status page to any client, as a
+        bearer token or the password of HTTP basic auth (default ``$WORKERMETER_TOKEN``).
     :param directory: the store directory (default ``$WORKERMETER_DIR``, else one per server
         instance under ``/dev/shm``).
     :param route_limit: distinct route labels kept; more become ``<other>``.
@@ -94,8 +96,8 @@ class WSGIMiddleware(Meter):
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path. Its steps are written out rather than split into helper calls: each call
         # costs as much as several of these statements.
-        if environ.get("PATH_INFO") == self._metrics_path:
-            return self._metrics(environ, start_response)
+        if environ.get("PATH_INFO") in self._own_paths:
+            return self._own(environ, start_response)
         active = self.recorder.active
         if active is None:
             active = self._activate(environ)
@@ -177,11 +179,25 @@ class WSGIMiddleware(Meter):
                      found.threads, found.source)  # fmt: skip
         return self._attach(multithread=multithread, capacity=found.threads)
 
-    def _metrics(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def _own(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        """The metrics or the status page, for the clients they are open to."""
         forwarded = any(k in environ for k in _FORWARDING)
-        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or not allowed(
+        path = environ.get("PATH_INFO")
+        method = environ.get("REQUEST_METHOD")
+        let_in = allowed(
             self.token, environ.get("REMOTE_ADDR"), forwarded, environ.get("HTTP_AUTHORIZATION")
-        ):
+        )
+        if path != self._metrics_path:
+            from .status import refused
+
+            status, headers, body = (
+                self.site.respond(str(path), method, environ.get("QUERY_STRING", ""))
+                if let_in
+                else refused(self.token)
+            )
+            start_response(status, headers)
+            return [body]
+        if method not in ("GET", "HEAD") or not let_in:
             start_response(
                 "404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "10")]
             )

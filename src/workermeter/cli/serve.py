@@ -3,8 +3,8 @@
 For servers without hooks that could serve them (and for gunicorn without the hooks of
 ``workermeter.gunicorn``): start the server with ``WORKERMETER_DIR`` set, and this exporter beside
 it with the same directory. It reads the store at every scrape, folds workers that have died into
-the archive, and answers while every worker is busy. It runs until SIGTERM or SIGINT, then
-exits 0.
+the archive, answers while every worker is busy, and writes the history of the instance. It runs
+until SIGTERM or SIGINT, then exits 0.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import stat
 import sys
 from pathlib import Path
 
+from .. import history_candidate
 from ..instance import ENV_DIR
 from ..metrics_server import serve_metrics
 from . import UsageError
@@ -68,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            history = history_candidate.start(directory)
             signal.sigwait(_STOP)
+            if history is not None:
+                history.stop()
         finally:
             httpd.shutdown()
             httpd.server_close()

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from typing import Any
 
 import psutil
@@ -37,6 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus", metavar="URL", help="a Prometheus server, e.g. http://127.0.0.1:9090"
     )
     source.add_argument("--logs", metavar="FILE", nargs="+", help="access log files (plain or .gz)")
+    source.add_argument(
+        "--history",
+        metavar="DURATION",
+        help="the server's own history over the last DURATION, e.g. 7d (see --dir)",
+    )
+    parser.add_argument(
+        "--dir",
+        dest="directory",
+        metavar="DIR",
+        help=(
+            "with --history: the directory holding history.wm (default: "
+            "$WORKERMETER_HISTORY_DIR, else $WORKERMETER_DIR)"
+        ),
+    )
     parser.add_argument(
         "--for",
         dest="duration",
@@ -143,10 +158,24 @@ def measure(args: argparse.Namespace) -> observe.Measurement:
         if not args.json:
             print(f"Sampling {url} for {seconds:g} s...", file=sys.stderr, flush=True)
         return observe.measure_metrics(url, seconds)
+    if args.history is not None:
+        return _from_history(args)
     if args.prometheus is not None:
         window = _duration(args.window, "--window")
         return observe.measure_prometheus(args.prometheus, selector=args.selector, window=window)
     return _from_logs(args)
+
+
+def _from_history(args: argparse.Namespace) -> observe.Measurement:
+    from .. import history as h
+    from ..history_source import measure_history, open_history
+
+    seconds = _duration(args.history, "--history")
+    file = open_history(args.directory)
+    end = time.time()
+    step = 60 if seconds <= 8 * 86400 else 3600
+    days = f"{seconds / 86400:g} days" if seconds >= 86400 else f"{seconds / 3600:g} h"
+    return measure_history(h.series(file, end - seconds, end, step), what=f"the last {days}")
 
 
 def _from_logs(args: argparse.Namespace) -> observe.Measurement:
