@@ -51,6 +51,16 @@ def default_status_path(metrics_path: str | None) -> str | None:
     return metrics_path.rstrip("/") + "/status"
 
 
+def threads_run() -> bool:
+    """Whether a thread started in this process runs: not in uWSGI without threads."""
+    module = sys.modules.get("uwsgi")
+    if module is None:
+        return True
+    opt = getattr(module, "opt", {}) or {}
+    return any(opt.get(name) for name in (b"enable-threads", "enable-threads", b"threads",
+                                          "threads"))  # fmt: skip
+
+
 def status_paths(status_path: str | None) -> tuple[str, ...]:
     """The paths of the status page at ``status_path``: the page, its JSON, script and style."""
     if status_path is None:
@@ -227,6 +237,8 @@ class Meter:
         """Run this worker's candidate for writing the history. It first tries after a few
         seconds, so that an arbiter or ``workermeter serve`` started with the server, which try
         at once, write it when they run."""
+        if not threads_run():
+            return  # uWSGI without threads: a thread started here would never run
         try:
             from . import history_candidate
 
