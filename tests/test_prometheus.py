@@ -333,9 +333,10 @@ def check_event_loop(prom: Prom, at: float) -> None:
     routes = prom.by("route", f"{rules.LOOP_BLOCKING_ROUTE}{where}", e)
     assert max(routes, key=routes.__getitem__) == "/block" and routes["/block"] > 0.7, routes
     assert routes.get("/sync", 0.0) < 0.1, routes
-    # The pool: one thread taken 5/s x 20 ms, none waited for.
+    # The pool: one thread taken 5/s x 20 ms, none waited for. A thread is held for its sleep plus
+    # its wake-up, which on two shared cores under a parallel load has read up to 1.52x.
     pool = prom.one(f"{rules.POOL_UTILISATION_INSTANCE}{where}", e)
-    assert 0.1 * 0.8 / 40 < pool < 0.1 * 1.5 / 40, pool  # of Starlette's 40 threads
+    assert 0.1 * 0.8 / 40 < pool < 0.1 * 2.0 / 40, pool  # of Starlette's 40 threads
     assert prom.one(f"{rules.POOL_WAIT_INSTANCE}{where}", e) == 0
     # The loop count, as suggest() reckons it from the same inputs.
     cores = prom.one(f"max(workermeter_host_cpu_count{where})", e)
