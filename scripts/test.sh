@@ -18,6 +18,8 @@ have prometheus || missing+=(prometheus)
 have apache2 || missing+=(apache2)
 have apxs || missing+=(apache2-dev)
 have haproxy || missing+=(haproxy)
+# The status page's browser tests: Chromium without a screen, driven over the DevTools protocol.
+[ -x /usr/bin/chromium-headless-shell ] || missing+=(chromium-headless-shell)
 have caddy || missing+=(caddy)
 # uWSGI and mod_wsgi are compiled from PyPI by the pip install below.
 have gcc || missing+=(gcc libc6-dev)

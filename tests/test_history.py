@@ -122,6 +122,29 @@ def test_a_new_writer_goes_on_from_the_cursor_and_counts_nothing_twice(tmp_path:
     assert total == 35
 
 
+def test_a_first_writer_counts_a_fresh_servers_first_requests_not_an_old_stores(
+    tmp_path: Path,
+) -> None:
+    fresh = World(tmp_path / "fresh")
+    fresh.serve(3, 1.0)  # before any candidate took the lock
+    writer = fresh.writer()
+    assert writer.tick() == 0
+    fresh.to(T0 + 60.2)
+    assert writer.tick() == 1
+    assert row(fresh, MINUTE0).requests == 3 and row(fresh, MINUTE0).covered == pytest.approx(50)
+
+    old = World(tmp_path / "old")
+    old.serve(3, 1.0)
+    old.advance(hw.FRESH_NS / 1e9)  # history switched on for a store older than that
+    writer = old.writer()
+    assert writer.tick() == 0
+    old.serve(2, 1.0)
+    old.advance(60)
+    assert writer.tick() == 1
+    found = [r for r in h.rows(old.file(), T0, old.wall.now) if not r.gap]
+    assert [r.requests for r in found] == [2] and not found[0].spread
+
+
 def test_a_stopped_writer_leaves_the_minute_for_the_next_to_finish(tmp_path: Path) -> None:
     w = World(tmp_path)
     first = w.writer()

@@ -1,11 +1,13 @@
 """The capacity inputs from a server instance's own history (``workermeter suggest --history``
 and the status page), read the way :mod:`workermeter.prometheus_source` reads Prometheus.
 
-The peak rate is the highest request rate over 5 consecutive minutes of the window (or the
-busiest hour, for rows of an hour); the typical rate is the mean over the minutes recorded.
-Utilisation and the share of time every slot was busy are taken at their highest 5 minutes too
-(they only say whether the workers were saturated). Service time, its variability, the CPU share
-and queue wait are over the whole window; memory is the largest any worker had; cores, host
+The peak is the 5 consecutive minutes of the window (or the hour, for rows of an hour) with the
+most busy slot-time: the most offered load, which is what the workers must carry. A burst of
+cheap requests can have the higher rate and still ask less of them. The peak rate and the service
+time are that peak's, so that their product is the load measured there; the typical rate is the
+mean over the minutes recorded. Utilisation and the share of time every slot was busy are the
+peak's too (they say whether the workers were saturated). The service time's variability, the CPU
+share and queue wait are over the whole window; memory is the largest any worker had; cores, host
 memory, processes and threads are their last values.
 """
 
@@ -65,15 +67,22 @@ def _cumulative(buckets: Sequence[int]) -> list[tuple[float, float]]:
     return out
 
 
+def _load(row: h.Row) -> tuple[int, int]:
+    """A row's offered load (busy slot-ns), then its requests, to rank rows by."""
+    return (row.values[h.BUSY_NS] if row.values is not None else 0, row.requests)
+
+
 def peak_window(found: Sequence[h.Row], width: int) -> list[h.Row]:
-    """The ``width`` consecutive rows with the most requests (gaps count as none)."""
+    """The ``width`` consecutive rows with the most busy slot-time, then the most requests
+    (gaps count as none)."""
     best: list[h.Row] = []
-    best_requests = -1
+    best_load = (-1, -1)
     for i in range(max(len(found) - width + 1, 1)):
         window = [row for row in found[i : i + width] if not row.gap]
-        n = sum(row.requests for row in window)
-        if window and n > best_requests:
-            best, best_requests = window, n
+        loads = [_load(row) for row in window]
+        load = (sum(b for b, _ in loads), sum(n for _, n in loads))
+        if window and load > best_load:
+            best, best_load = window, load
     return best
 
 
@@ -106,6 +115,7 @@ def measure_history(found: Sequence[h.Row], *, what: str) -> Measurement:
     peak = folded(peak_window(found, width))
     assert peak.values is not None and peak.covered > 0
     peak_rate = peak.requests / peak.covered
+    service_time = peak.service_mean or whole.service_mean  # none completed in the peak: whole
     typical = None
     if whole.covered:
         typical = min(rounded_rate(whole.requests / whole.covered), rounded_rate(peak_rate))
@@ -126,7 +136,7 @@ def measure_history(found: Sequence[h.Row], *, what: str) -> Measurement:
     all_busy = peak.all_busy_seconds / peak.covered
     workload = Workload(
         peak_rate=rounded_rate(peak_rate),
-        service_time=whole.service_mean,
+        service_time=service_time,
         cpu_share=clamp_share(share or 0.0),
         service_cv=bucket_cv(_cumulative(whole._buckets(h.SERVICE_BUCKETS))) or 1.0,
         typical_rate=typical,

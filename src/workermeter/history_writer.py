@@ -40,6 +40,7 @@ from .store import Store
 log = logging.getLogger("workermeter")
 
 CURSOR = "history-cursor.json"
+FRESH_NS = 10 * h.MINUTE  # a store whose oldest worker is younger has its counts from the start
 ENV_HISTORY = "WORKERMETER_HISTORY_DIR"
 
 
@@ -291,10 +292,19 @@ class Writer:
         minute_now = now_ns // h.MINUTE
         snap = self.store.collect()
         if self.cursor is None:
-            self.cursor = totals(snap, now_ns)
-            self.hour_routes, self.hour = dict(self.cursor.routes), now_ns // h.HOUR
-            self._save()
-            return 0
+            if _alive_ns(snap) <= FRESH_NS:
+                # A server that has just started: its first requests, made before any candidate
+                # took the lock, count from when its oldest worker started.
+                self.cursor = Totals(now_ns - _alive_ns(snap))
+                self.hour_routes, self.hour = {}, self.cursor.wall_ns // h.HOUR
+                self._save()
+            else:
+                # A store older than its history (history switched on, a new history
+                # directory): what it counted before has no minute to go in.
+                self.cursor = totals(snap, now_ns)
+                self.hour_routes, self.hour = dict(self.cursor.routes), now_ns // h.HOUR
+                self._save()
+                return 0
         if went_back(totals(snap, now_ns), self.cursor):
             # A store made anew: count from zero, as of when its oldest worker started.
             self.cursor = Totals(now_ns - _alive_ns(snap))
