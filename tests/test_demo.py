@@ -10,6 +10,7 @@ import sys
 import time
 
 import psutil
+import requests
 
 import servers
 
@@ -40,7 +41,7 @@ def environment() -> dict[str, str]:
 def test_demo_runs_end_to_end_and_leaves_nothing_running() -> None:
     started = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "workermeter", "demo", "--duration", "10"],
+        [sys.executable, "-m", "workermeter", "demo", "--duration", "10", "--no-wait"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -69,7 +70,7 @@ def test_demo_runs_end_to_end_and_leaves_nothing_running() -> None:
 def test_the_async_demo_sizes_event_loops_and_names_the_blocking_route() -> None:
     started = time.time()
     result = subprocess.run(
-        [sys.executable, "-m", "workermeter", "demo", "--asgi", "--duration", "12"],
+        [sys.executable, "-m", "workermeter", "demo", "--asgi", "--duration", "12", "--no-wait"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -120,3 +121,51 @@ def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
     assert "Stopped early." in out
     assert "Suggestion: " in out
     assert demo_processes(started) == []
+
+
+def test_it_ends_on_the_status_page_of_the_run_until_ctrl_c() -> None:
+    """After the suggestion, the page of the run is served, its history holding every request
+    the metrics counted; Ctrl-C ends it at once and stops everything."""
+    started = time.time()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workermeter", "demo", "--duration", "5", "--wait", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=servers.ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not (found := re.search(r"status page of this run: (http://\S+)", "".join(lines))):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        page_url = found.group(1)
+        assert page_url.endswith("/metrics/status")
+        assert "Served for 1 min; Ctrl-C ends it sooner." in proc.stdout.readline()
+        page = requests.get(page_url, timeout=10)
+        assert page.status_code == 200 and "<h1>workermeter status</h1>" in page.text
+        counted = servers.scrape(page_url.removesuffix("/metrics/status")).sum(
+            "workermeter_requests_total"
+        )
+        assert counted > 50
+        deadline = time.monotonic() + 10
+        while True:  # the writer reads the store every few seconds
+            rows = requests.get(page_url + ".json?range=1h", timeout=10).json()["rows"]
+            if sum(r["requests"] or 0 for r in rows) == counted:
+                break
+            assert time.monotonic() < deadline, (counted, rows[-3:])
+            time.sleep(0.5)
+        assert demo_processes(started)  # the app is still up, its workers on the page
+        os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert demo_processes(started) == []
+    assert time.time() - started < 40

@@ -3,13 +3,15 @@
 It starts the sample app (:mod:`workermeter.demo_app`) under gunicorn with 2 sync workers on
 127.0.0.1 (with ``--asgi``: under uvicorn with one event-loop worker), sends it a bounded ramp of
 traffic from a pool of client threads until it is well past what the workers can serve, shows the
-live view of ``workermeter top`` while it runs, and ends with the suggestion. The server runs with
-a store of its own in a temporary directory (:mod:`.demo_servers`).
+live view of ``workermeter top`` while it runs, and ends with the suggestion and the status page
+of the run, served until Ctrl-C or ``--wait`` runs out. The server runs with a store of its own
+in a temporary directory (:mod:`.demo_servers`); this process writes its history.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import random
@@ -22,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from .. import observe
+from .. import history_candidate, observe
 from ..capacity import suggest
 from . import UsageError
 from . import demo_servers as servers
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 HELP = (
     "See it work in under a minute: a sample app under gunicorn, traffic past saturation, "
-    "the live view and the suggestion."
+    "the live view, the suggestion and the status page."
 )
 
 #: The routes requested and their shares, and the peak rate offered: well past what the workers
@@ -51,8 +53,7 @@ RAMP_SHARE = 0.6
 #: At most this many requests in flight from the clients: bounds the backlog and the wait.
 CLIENTS = 48
 REQUEST_TIMEOUT = 10.0
-README = "https://github.com/workermeter/workermeter#readme"
-DOCS = "https://github.com/workermeter/workermeter/blob/main/docs"
+WAIT = "10m"  # how long the status page stays up after the traffic, by default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +65,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--port", type=int, default=0, help="port for the app on 127.0.0.1 (default: a free one)"
+    )
+    parser.add_argument(
+        "--wait",
+        default=WAIT,
+        metavar="DURATION",
+        help=f"serve the status page for this long after the traffic (default {WAIT}; "
+        "Ctrl-C ends it sooner)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_const",
+        const="0",
+        help="end once the suggestion is printed",
     )
     parser.add_argument(
         "--asgi",
@@ -227,13 +242,34 @@ def _conclude(console: Console, watch: Watch, ramp: Ramp, sample: servers.Sample
         )
     console.print()
     console.print("[bold]Next, measure your own app:[/bold]")
-    console.print(f"  - add the middleware: {README}", highlight=False)
+    console.print(
+        "  - add the middleware: app = WSGIMiddleware(app), or ASGIMiddleware, from workermeter",
+        highlight=False,
+    )
     console.print("  - watch it: workermeter top http://127.0.0.1:8000/metrics", highlight=False)
     console.print(
         "  - size it: workermeter suggest --metrics http://127.0.0.1:8000/metrics --for 60s",
         highlight=False,
     )
-    console.print(f"  - how the suggestion is made: {DOCS}/capacity.md", highlight=False)
+    console.print(
+        "  - look back: http://127.0.0.1:8000/metrics/status, or workermeter history --range 24h",
+        highlight=False,
+    )
+
+
+def _wait_on_status(console: Console, url: str, seconds: float) -> None:
+    """Keep the status page up for ``seconds``, or until Ctrl-C."""
+    console.print()
+    console.print(f"[bold]The status page of this run:[/bold] {url}", highlight=False)
+    console.print(
+        f"Served for {_span(seconds)}; Ctrl-C ends it sooner.", style="dim", highlight=False
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # the end the user asked for
+        time.sleep(seconds)
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -252,11 +288,21 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..metrics_server import serve_metrics
+    from ..options import default_status_path
+
+    try:
+        status_path = default_status_path("/metrics")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
     try:
         seconds = observe.parse_duration(args.duration)
     except ValueError as e:
         raise UsageError(f"--duration: {e}") from None
+    try:
+        wait = observe.parse_duration(args.wait) if args.wait != "0" else 0.0
+    except ValueError as e:
+        raise UsageError(f"--wait: {e} (or --no-wait)") from None
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be 0..65535, got {args.port}")
     console = Console()
@@ -268,13 +314,15 @@ def run(args: argparse.Namespace) -> int:
             sock = servers.listen(args.port)
             port = sock.getsockname()[1]
             try:
-                with servers.running(sample, sock, store, log, lifetime=seconds + 60) as pid:
+                lifetime = seconds + wait + 60
+                with servers.running(sample, sock, store, log, lifetime=lifetime) as pid:
                     servers.wait_ready(sample, port, pid, log)
                     # The view reads the store from its own port here, not from the app's
                     # /metrics: a worker answers scrapes only between requests (a loop, when
                     # it is not blocked), and past saturation a scrape would wait in the same
                     # queue as the traffic.
                     server, _thread = serve_metrics(0, "127.0.0.1", directory=store)
+                    history = history_candidate.start(store)
                     try:
                         url = f"http://127.0.0.1:{server.server_port}/metrics"
                         console.print(
@@ -289,9 +337,14 @@ def run(args: argparse.Namespace) -> int:
                                         peak=ASGI_PEAK_RATE)  # fmt: skip
                         else:
                             ramp = Ramp(port, ramp=seconds * RAMP_SHARE)
-                        _show(console, watch, ramp, seconds)
+                        finished = _show(console, watch, ramp, seconds)
                         _conclude(console, watch, ramp, sample)
+                        if finished and wait > 0 and status_path is not None:
+                            page = f"http://127.0.0.1:{server.server_port}{status_path}"
+                            _wait_on_status(console, page, wait)
                     finally:
+                        if history is not None:
+                            history.stop()
                         server.shutdown()
                         server.server_close()
             finally:
@@ -302,8 +355,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(console: Console, watch: Watch, ramp: Ramp, seconds: float) -> None:
-    """Send the traffic and show the view until ``seconds`` have passed or Ctrl-C."""
+def _show(console: Console, watch: Watch, ramp: Ramp, seconds: float) -> bool:
+    """Send the traffic and show the view until ``seconds`` have passed (True) or Ctrl-C."""
     from rich.console import Group
     from rich.live import Live
 
@@ -321,5 +374,7 @@ def _show(console: Console, watch: Watch, ramp: Ramp, seconds: float) -> None:
                 view.update(Group(watch.frame(), _status(ramp, left)), refresh=True)
     except KeyboardInterrupt:
         console.print("Stopped early.", style="yellow")
+        return False
     finally:
         ramp.stop()
+    return True
