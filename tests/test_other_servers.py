@@ -469,3 +469,29 @@ def test_waitress_threads(tmp_path: Path) -> None:
     assert_totals(m, N)
     assert_capacity(m, threads=4, workers=1)
     assert_busy(m, N * SLEEP_MS / 1000)
+
+
+def test_uwsgi_without_threads_keeps_the_history_on_its_timer(tmp_path: Path) -> None:
+    """No threads and no exporter: a timer the master registered turns the candidates in the
+    workers between requests; one of them writes, and the history holds what /metrics counts."""
+    from test_status import history_total, lock_holder
+
+    store: Path | None = None
+    try:
+        with uwsgi(tmp_path, processes=2, threads=None) as (server, _):
+            store = automatic_store(server.port)
+            warmed = warm(server, 2)
+            statuses = drive(server.url, sleeps(N))
+            pids = set(scrape_idle(server.url).pids().values())
+            deadline = time.monotonic() + 15
+            while (total := history_total(server.url)[0]) != warmed + N or (
+                lock_holder(store) not in pids
+            ):
+                assert time.monotonic() < deadline, (total, warmed + N, lock_holder(store), pids)
+                time.sleep(0.2)
+    finally:
+        if store is not None:  # once uWSGI has stopped: its writer's last row goes there
+            remove_store(store)
+    assert statuses == [200] * N
+    assert "no free uWSGI signal" not in server.log_text()
+    assert "Traceback" not in server.log_text()

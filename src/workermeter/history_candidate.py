@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -135,7 +136,19 @@ class Candidate:
         self._stop.set()
         if self._thread is not None and os.getpid() == self._owner:
             self._thread.join(10)
+        elif self._thread is None and os.getpid() == self._owner:
+            self._finish()  # turned by a timer (see on_uwsgi_timer): no thread to do it
         self._thread = None
+
+    def step(self) -> None:
+        """One turn: take the lock if it is free, then, as the writer, sample and write every
+        minute that has ended."""
+        if self._writer is None:
+            if not self._try_lock():
+                return
+            self._writer = self._become_writer()
+        self._writer.sample()
+        self._writer.tick()
 
     @property
     def writing(self) -> bool:
@@ -165,23 +178,22 @@ class Candidate:
             if self._stop.wait(self._wait_first):
                 return
             while not self._stop.is_set():
+                self.step()
                 if self._writer is None:
-                    if not self._try_lock():
-                        self._stop.wait(RETRY_EVERY)
-                        continue
-                    self._writer = self._become_writer()
-                    self._writer.sample()
-                    self._writer.tick()
-                writer = self._writer
-                to_minute = 60 - time.time() % 60
-                self._stop.wait(min(SAMPLE_EVERY, to_minute + 0.05))
-                if self._stop.is_set():
-                    break
-                writer.sample()
-                writer.tick()
+                    self._stop.wait(RETRY_EVERY)
+                else:
+                    to_minute = 60 - time.time() % 60
+                    self._stop.wait(min(SAMPLE_EVERY, to_minute + 0.05))
+        except Exception:  # the meter failing never fails the app
+            log.exception("workermeter: the history writer stopped")
+        self._finish()
+
+    def _finish(self) -> None:
+        """Write the minute under way, as the writer, and release the lock."""
+        try:
             if self._writer is not None:
                 self._writer.tick(final=True)
-        except Exception:  # the meter failing never fails the app
+        except Exception:
             log.exception("workermeter: the history writer stopped")
         finally:
             if self._writer is not None:
@@ -226,6 +238,38 @@ def start(
             found.start()
             atexit.register(found.stop)
     return found
+
+
+def on_uwsgi_timer(store_directory: Callable[[], Path]) -> bool:
+    """In uWSGI's master, for workers without threads (a thread started there never runs): a
+    uWSGI timer signal every ``SAMPLE_EVERY`` seconds turns a candidate in every worker
+    (:meth:`Candidate.step`), between requests; the one holding the lock writes. Registered in
+    the master, as uWSGI asks, so that every worker, respawned ones included, has the handler.
+    False where that cannot be (no master, no free signal, history off)."""
+    uwsgi = sys.modules.get("uwsgi")  # there only inside uWSGI
+    if uwsgi is None or not enabled() or not uwsgi.masterpid():
+        return False
+    signum = next((n for n in range(255, -1, -1) if not uwsgi.signal_registered(n)), None)
+    if signum is None:
+        log.warning("workermeter: no free uWSGI signal for the history timer; none is kept")
+        return False
+
+    def turn(_signum: int) -> None:
+        try:
+            directory = store_directory()
+            key = (os.getpid(), Path(os.path.abspath(history_directory(directory))))
+            with _running_lock:
+                found = _running.get(key)
+                if found is None:
+                    found = _running[key] = Candidate(directory)
+                    atexit.register(found.stop)
+            found.step()
+        except Exception:  # the history is worth less than the requests
+            log.exception("workermeter: the history writer stopped")
+
+    uwsgi.register_signal(signum, "workers", turn)
+    uwsgi.add_timer(signum, round(SAMPLE_EVERY))
+    return True
 
 
 def _forget_in_child() -> None:

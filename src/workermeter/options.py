@@ -196,7 +196,8 @@ class Meter:
             self._attach_worker(found)
         elif server.master(frame):
             self.recorder.after_fork_in_child = self._attach_forked
-            server.on_uwsgi_fork(self._attach_forked)
+            if server.on_uwsgi_fork(self._attach_forked) and not threads_run():
+                self._keep_history_on_uwsgi_timer()
 
     def _attach_forked(self) -> None:
         found = server.worker(sys._getframe(1))  # the stack of the fork: the worker it is for
@@ -233,12 +234,20 @@ class Meter:
         self._keep_history()
         return active
 
+    def _keep_history_on_uwsgi_timer(self) -> None:
+        try:
+            from . import history_candidate
+
+            history_candidate.on_uwsgi_timer(lambda: self.recorder.store().directory)
+        except Exception:  # the history is worth less than the requests
+            log.exception("workermeter: cannot keep the history")
+
     def _keep_history(self) -> None:
         """Run this worker's candidate for writing the history. It first tries after a few
         seconds, so that an arbiter or ``workermeter serve`` started with the server, which try
         at once, write it when they run."""
         if not threads_run():
-            return  # uWSGI without threads: a thread started here would never run
+            return  # uWSGI without threads: a thread would never run; its master set a timer
         try:
             from . import history_candidate
 

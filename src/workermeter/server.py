@@ -162,13 +162,13 @@ def worker(frame: FrameType | None) -> Capacity | None:
     return found
 
 
-def on_uwsgi_fork(callback: Callable[[], object]) -> None:
+def on_uwsgi_fork(callback: Callable[[], object]) -> bool:
     """Call ``callback`` in each worker uWSGI forks from here: uWSGI forks in C and runs no
     Python at-fork hook, only its own ``uwsgi.post_fork_hook``, which is chained (a hook set
-    before is still called). Nothing happens outside uWSGI."""
+    before is still called). Nothing happens outside uWSGI: False there."""
     module = sys.modules.get("uwsgi")
     if module is None or not hasattr(module, "worker_id"):
-        return
+        return False
     previous = getattr(module, "post_fork_hook", None)
 
     def hook() -> None:
@@ -177,6 +177,7 @@ def on_uwsgi_fork(callback: Callable[[], object]) -> None:
         callback()
 
     setattr(module, "post_fork_hook", hook)  # noqa: B010 - a C module mypy knows no stub of
+    return True
 
 
 def master(frame: FrameType | None) -> bool:
