@@ -21,11 +21,14 @@ figures people ask for.
 
 from __future__ import annotations
 
-import datetime
+import functools
+import heapq
 import math
 import mmap
+import operator
 import os
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,21 +115,18 @@ FILE_BYTES = _NAMES_AT * 8 + ROUTE_NAMES * NAME_BYTES
 
 def fold(rows: Sequence[Sequence[int]], period: int) -> list[int]:
     """One row for ``period`` from several: sums, and the largest or smallest of the peaks."""
-    out = [0] * ROW_WORDS
-    out[PERIOD] = period
     if not rows:
+        out = [0] * ROW_WORDS
+        out[PERIOD] = period
         return out
     columns = list(zip(*rows, strict=True))
-    for i in range(1, ROW_WORDS):
-        out[i] = sum(columns[i])
+    out = [sum(column) for column in columns]
+    out[PERIOD] = period
     for i in MAXED:
         out[i] = max(columns[i])
     for i in MINNED:
-        out[i] = min((v for v in columns[i] if v), default=0)
-    flags = 0
-    for v in columns[FLAGS]:
-        flags |= v
-    out[FLAGS] = flags
+        out[i] = min([v for v in columns[i] if v], default=0)
+    out[FLAGS] = functools.reduce(operator.or_, columns[FLAGS], 0)
     return out
 
 
@@ -302,7 +302,7 @@ class Row:
 
     @property
     def requests(self) -> int:
-        return sum(self._v(REQUESTS + i) for i in range(6))
+        return 0 if self.values is None else sum(self.values[REQUESTS : REQUESTS + 6])
 
     @property
     def errors(self) -> int:
@@ -345,8 +345,8 @@ class Row:
     def workers(self) -> int:
         return self._v(WORKERS)
 
-    def _buckets(self, at: int) -> list[int]:
-        return [self._v(at + i) for i in range(NCOARSE)]
+    def _buckets(self, at: int) -> Sequence[int]:
+        return (0,) * NCOARSE if self.values is None else self.values[at : at + NCOARSE]
 
     def queue_wait(self, q: float) -> float | None:
         return quantile(self._buckets(QUEUE_BUCKETS), q)
@@ -407,38 +407,56 @@ class Row:
         return bool(self._v(FLAGS) & SPREAD)
 
     def as_dict(self) -> dict[str, object]:
-        """The row as JSON: ``time`` in ISO 8601 UTC, amounts per row, None where unknown."""
-        when = datetime.datetime.fromtimestamp(self.start, datetime.timezone.utc)
+        """The row as JSON: ``time`` in ISO 8601 UTC, amounts per row, None where unknown.
+
+        Read from the words directly, not through the properties: the status page's JSON for 8
+        days makes a thousand of these."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.start))
+        v = self.values
+        if v is None:
+            return {**_GAP, "time": when, "seconds": self.seconds}
+        covered = v[COVERED_NS]
+        requests = sum(v[REQUESTS : REQUESTS + 6])
+        queue = v[QUEUE_BUCKETS : QUEUE_BUCKETS + NCOARSE]
+        service = v[SERVICE_BUCKETS : SERVICE_BUCKETS + NCOARSE]
         return {
-            "time": when.isoformat().replace("+00:00", "Z"),
+            "time": when,
             "seconds": self.seconds,
-            "gap": self.gap,
-            "covered_seconds": None if self.gap else self.covered,
-            "requests": None if self.gap else self.requests,
-            "requests_per_second": self.rate,
-            "errors": None if self.gap else self.errors,
+            "gap": False,
+            "covered_seconds": covered / 1e9,
+            "requests": requests,
+            "requests_per_second": requests / covered * 1e9 if covered else None,
+            "errors": v[REQUESTS + 4],
             "utilisation": self.utilisation,
-            "busy_slots": self.busy_slots,
-            "all_busy_seconds": None if self.gap else self.all_busy_seconds,
-            "peak_busy": None if self.gap else self.peak_busy,
-            "slots": None if self.gap else self.slots,
-            "workers": None if self.gap else self.workers,
-            "queue_wait_p50": self.queue_wait(0.5),
-            "queue_wait_p95": self.queue_wait(0.95),
-            "queue_wait_max": self.queue_wait_max,
-            "service_time_p50": self.service_time(0.5),
-            "service_time_p95": self.service_time(0.95),
-            "service_time_mean": self.service_mean,
+            "busy_slots": v[BUSY_NS] / covered if covered else None,
+            "all_busy_seconds": v[ALL_BUSY_NS] / 1e9,
+            "peak_busy": v[PEAK_BUSY],
+            "slots": v[SLOTS],
+            "workers": v[WORKERS],
+            "queue_wait_p50": quantile(queue, 0.5),
+            "queue_wait_p95": quantile(queue, 0.95),
+            "queue_wait_max": v[QUEUE_MAX_NS] / 1e9 if v[QUEUE_COUNT] else None,
+            "service_time_p50": quantile(service, 0.5),
+            "service_time_p95": quantile(service, 0.95),
+            "service_time_mean": v[SERVICE_SUM_NS] / requests / 1e9 if requests else None,
             "cpu_share": self.cpu_share,
-            "process_cpu": self.process_cpu,
-            "rss_max": None if self.gap else self.rss_max,
-            "uss_max": None if self.gap else self.uss_max,
-            "backlog_max": None if self.gap else self.backlog_max,
-            "host_memory": None if self.gap else self.host_memory,
-            "host_available_min": None if self.gap else self.host_available_min,
-            "cores": None if self.gap else self.cores,
-            "spread": None if self.gap else self.spread,
+            "process_cpu": v[PROCESS_CPU_NS] / covered if covered else None,
+            "rss_max": v[RSS_MAX],
+            "uss_max": v[USS_MAX],
+            "backlog_max": v[BACKLOG_MAX],
+            "host_memory": v[HOST_MEMORY],
+            "host_available_min": v[HOST_AVAILABLE_MIN],
+            "cores": v[CORES],
+            "spread": bool(v[FLAGS] & SPREAD),
         }
+
+
+_GAP: dict[str, object] = {
+    key: None
+    for key in Row(0.0, 60.0, (0,) * ROW_WORDS).as_dict()
+    if key not in ("time", "seconds")
+}
+_GAP["gap"] = True  # a row nobody recorded: every figure unknown, none of them zero
 
 
 def rows(file: HistoryFile, start: float, end: float, *, hourly: bool = False) -> Iterator[Row]:
@@ -462,18 +480,28 @@ def series(file: HistoryFile, start: float, end: float, step: int) -> list[Row]:
         return list(rows(file, start, end))
     minutes = step // 60
     oldest = math.ceil(end / 60) - MINUTE_ROWS + 1  # older minute rows have been overwritten
+    kept = -(-oldest // minutes)  # the first period whose every minute is still kept
+    first, last = math.floor(start / step), math.ceil(end / step)
     out = []
-    for period in range(math.floor(start / step), math.ceil(end / step)):
-        first = period * minutes
-        values: list[int] | None = None
-        if first >= oldest:
-            found = [file.row(m) for m in range(first, first + minutes)]
-            present = [v for v in found if v is not None]
-            if present:
-                values = fold(present, period)
-        elif step == 3600:
-            values = file.row(period, hourly=True)
+    for period in range(first, min(kept, last)):
+        values = file.row(period, hourly=True) if step == 3600 else None
         out.append(Row(period * step, float(step), None if values is None else tuple(values)))
+    if max(first, kept) < last:
+        out += grouped(list(rows(file, max(first, kept) * step, last * step)), step)
+    return out
+
+
+def grouped(found: Sequence[Row], step: int) -> list[Row]:
+    """Consecutive minute rows, the first at the start of a period of ``step`` seconds, folded
+    into one row per period (a gap where all its minutes are)."""
+    n = step // 60
+    out = []
+    for i in range(0, len(found), n):
+        part = found[i : i + n]
+        period = round(part[0].start) // step
+        present = [row.values for row in part if row.values is not None]
+        values = tuple(fold(present, period)) if present else None
+        out.append(Row(period * step, float(step), values))
     return out
 
 
@@ -481,9 +509,17 @@ def busiest(found: Sequence[Row], n: int = 10) -> list[Row]:
     """The ``n`` busiest rows: by utilisation, then seconds with every slot busy, then queue
     wait; gaps and rows without requests or capacity left out."""
 
+    def cheap(row: Row) -> tuple[float, float]:
+        return (row.utilisation or 0.0, row.all_busy_seconds)
+
     def key(row: Row) -> tuple[float, float, float]:
-        return (row.utilisation or 0.0, row.all_busy_seconds, row.queue_wait(0.95) or 0.0)
+        return (*cheap(row), row.queue_wait(0.95) or 0.0)
 
     ranked = [row for row in found if not row.gap and (row.requests or row.utilisation)]
+    if len(ranked) > n:
+        # The queue wait only orders rows tied on the rest: it is worked out for those alone.
+        keys = [cheap(row) for row in ranked]
+        bar = heapq.nlargest(n, keys)[-1]
+        ranked = [row for row, k in zip(ranked, keys, strict=True) if k >= bar]
     ranked.sort(key=key, reverse=True)
     return ranked[:n]

@@ -67,23 +67,23 @@ def _cumulative(buckets: Sequence[int]) -> list[tuple[float, float]]:
     return out
 
 
-def _load(row: h.Row) -> tuple[int, int]:
-    """A row's offered load (busy slot-ns), then its requests, to rank rows by."""
-    return (row.values[h.BUSY_NS] if row.values is not None else 0, row.requests)
-
-
 def peak_window(found: Sequence[h.Row], width: int) -> list[h.Row]:
     """The ``width`` consecutive rows with the most busy slot-time, then the most requests
     (gaps count as none)."""
-    best: list[h.Row] = []
-    best_load = (-1, -1)
-    for i in range(max(len(found) - width + 1, 1)):
-        window = [row for row in found[i : i + width] if not row.gap]
-        loads = [_load(row) for row in window]
-        load = (sum(b for b, _ in loads), sum(n for _, n in loads))
-        if window and load > best_load:
-            best, best_load = window, load
-    return best
+    loads = [
+        (0, 0) if row.values is None else (row.values[h.BUSY_NS], row.requests) for row in found
+    ]
+    best_load, best_at = (-1, -1), 0
+    busy = requests = 0
+    for i, (b, n) in enumerate(loads):  # a window sliding by one row
+        busy, requests = busy + b, requests + n
+        if i >= width:
+            busy, requests = busy - loads[i - width][0], requests - loads[i - width][1]
+        start = max(i - width + 1, 0)
+        ends = i >= width - 1 or i == len(loads) - 1
+        if ends and (busy, requests) > best_load and any(r.values for r in found[start : i + 1]):
+            best_load, best_at = (busy, requests), start
+    return [row for row in found[best_at : best_at + width] if not row.gap]
 
 
 def folded(found: Sequence[h.Row]) -> h.Row:
