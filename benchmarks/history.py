@@ -92,35 +92,47 @@ class Wall:
 
 def writer_cost(workers: int, routes: int, minutes: int) -> dict[str, Any]:
     """The writer's work for ``minutes`` consecutive minutes on a wall clock of its own, from an
-    hour's start: the 60th row also ends the hour."""
-    rows: dict[str, list[float]] = {"sample": [], "minute": [], "minute and hour": []}
+    hour's start (the 60th row also ends the hour): reading the store, sampling the processes,
+    and the row itself from what was read. A minute holds one read for its row, two more for
+    the list of workers (every ``WORKERS_EVERY`` s), and a sample every ``SAMPLE_EVERY`` s."""
+    parts: dict[str, list[float]] = {"read the store": [], "sample": [], "row": [],
+                                      "row ending an hour": []}  # fmt: skip
+
+    def timed(name: str, fn: Any) -> Any:
+        t = time.perf_counter_ns()
+        out = fn()
+        parts[name].append((time.perf_counter_ns() - t) / 1e6)
+        return out
+
     with tempfile.TemporaryDirectory(prefix="wm-writer-") as d:
         children = fork_workers(d, workers, routes)
         try:
             history = Path(d) / "history"
             history.mkdir(mode=0o700)
             wall = Wall((int(time.time()) // 3600 - 2) * 3600 + 1.0)
-            writer = hw.Writer(Store(Path(d)), history, wall_clock=wall, sample=hc.Sampler())
-            writer.sample()
+            store = Store(Path(d))
+            sampler = hc.Sampler()
+            writer = hw.Writer(store, history, wall_clock=wall, sample=lambda snap: None)
             writer.tick()
             for _ in range(minutes):
-                t = time.perf_counter_ns()
-                writer.sample()
-                rows["sample"].append((time.perf_counter_ns() - t) / 1e6)
+                snap = timed("read the store", store.collect)
+                timed("sample", lambda snap=snap: sampler(snap))
                 wall.now += 60.0
                 ends_hour = int(wall.now) % 3600 < 60
-                t = time.perf_counter_ns()
-                assert writer.tick() == 1
-                elapsed = (time.perf_counter_ns() - t) / 1e6
-                rows["minute and hour" if ends_hour else "minute"].append(elapsed)
+                written = timed("row ending an hour" if ends_hour else "row",
+                                lambda snap=snap: writer.tick(snap=snap))  # fmt: skip
+                assert written == 1
         finally:
             release(children)
-    print(f"\nthe writer, {workers} workers x {routes} routes, {minutes} minutes")
-    out = {}
-    for name, samples in rows.items():
-        out[name] = statistics.median(samples)
-        print(f"  {name:16s} {out[name]:7.2f} ms   (max {max(samples):.2f} ms,"
-              f" {len(samples)} readings)")  # fmt: skip
+    out = {name: statistics.median(samples) for name, samples in parts.items()}
+    reads = 60 / hc.WORKERS_EVERY + 1
+    samples = 60 / hc.SAMPLE_EVERY
+    out["per minute"] = reads * out["read the store"] + samples * out["sample"] + out["row"]
+    print(f"\nthe writer, {workers} workers x {routes} routes, {minutes} minutes (median, max)")
+    for name, found in parts.items():
+        print(f"  {name:20s} {out[name]:7.2f} ms  {max(found):7.2f} ms")
+    print(f"  a minute's work      {out['per minute']:7.1f} ms  ({reads:.0f} reads of the store, "
+          f"{samples:.0f} samples, 1 row): {out['per minute'] / 600:.2f}% of a core")
     return out
 
 

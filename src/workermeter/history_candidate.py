@@ -39,6 +39,7 @@ log = logging.getLogger("workermeter")
 LOCK = "history.lock"
 SAMPLE_EVERY = 5.0  # seconds between readings of memory, CPU and the listen backlog
 RETRY_EVERY = 5.0  # seconds between tries of a candidate that is not the writer
+WORKERS_EVERY = 30.0  # seconds the list of workers to sample is kept between minute rows
 ENV_HISTORY = "WORKERMETER_HISTORY"  # "0" or "off": no history kept
 
 
@@ -126,6 +127,8 @@ class Candidate:
         self._writer: Writer | None = None
         self._fd: int | None = None
         self._owner = os.getpid()
+        self._workers: Snapshot | None = None  # the last read of the store, for its workers
+        self._workers_at = 0.0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="workermeter-history", daemon=True)
@@ -141,14 +144,26 @@ class Candidate:
         self._thread = None
 
     def step(self) -> None:
-        """One turn: take the lock if it is free, then, as the writer, sample and write every
-        minute that has ended."""
+        """One turn: take the lock if it is free, then, as the writer, sample the processes and
+        write every minute that has ended.
+
+        The store is read (every worker's records merged) for a minute's row, and otherwise
+        only every ``WORKERS_EVERY`` seconds, for the list of workers to sample: a new worker is
+        sampled within that time, and a gone one is skipped."""
         if self._writer is None:
             if not self._try_lock():
                 return
             self._writer = self._become_writer()
-        self._writer.sample()
-        self._writer.tick()
+        writer = self._writer
+        now = time.monotonic()
+        if writer.due():
+            self._workers = writer.store.collect()
+            self._workers_at = now
+            writer.tick(snap=self._workers)  # samples with it too
+            return
+        if self._workers is None or now - self._workers_at >= WORKERS_EVERY:
+            self._workers, self._workers_at = writer.store.collect(), now
+        writer.sample(self._workers)
 
     @property
     def writing(self) -> bool:

@@ -21,6 +21,7 @@ went backwards (the store was made anew, after a reboot under ``/dev/shm``) star
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
@@ -83,26 +84,29 @@ class Totals:
 
 def totals(snap: Snapshot, wall_ns: int) -> Totals:
     t = Totals(wall_ns)
+    found = []
     for (kind, key), values in snap.records.items():
         if kind != ROUTE:
             continue
-        values = values + [0] * (r.ROUTE_VALUES - len(values))
-        for i in range(6):
-            t.requests[i] += values[i]
-        for i in range(r.NBUCKETS):
-            t.service[i] += values[r.R_DURATION + i]
-        t.service_sum += values[r.R_SUM]
-        t.cpu += values[r.R_CPU]
-        t.cpu_wall += values[r.R_CPU_WALL]
+        if len(values) < r.ROUTE_VALUES:
+            values = values + [0] * (r.ROUTE_VALUES - len(values))
+        found.append(values)
         t.routes[key] = [sum(values[:6]), values[r.R_SUM], values[r.R_CPU], values[r.R_CPU_WALL]]
+    if found:  # the routes added up column by column
+        sums = [sum(column) for column in zip(*found, strict=False)]  # all padded to length
+        t.requests = sums[:6]
+        t.service = sums[r.R_DURATION : r.R_DURATION + r.NBUCKETS]
+        t.service_sum, t.cpu, t.cpu_wall = sums[r.R_SUM], sums[r.R_CPU], sums[r.R_CPU_WALL]
     process = snap.records.get((PROCESS, ""), [])
     process = process + [0] * (r.PROCESS_VALUES - len(process))
     t.queue = process[r.P_QUEUE : r.P_QUEUE + r.NBUCKETS]
     t.queue_sum = process[r.P_QUEUE_SUM]
     live = {w.slot: w.capacity for w in snap.workers}
     for slot, above in snap.levels.items():
-        top = max((k for k, v in enumerate(above) if v), default=0)
-        t.slots[str(slot)] = list(above[: top + 1])
+        # Up to the highest level reached (zeros above it), found at C speed: of 1,025 levels
+        # a worker of a few slots reaches a few.
+        used = (len(array.array("q", above).tobytes().rstrip(b"\0")) + 7) // 8
+        t.slots[str(slot)] = list(above[: max(used, 1)])
         t.capacities[str(slot)] = live.get(slot) or snap.capacities.get(slot, 0)
     for slot, values in snap.loops.items():
         t.loops[str(slot)] = [values[L_BUSY], values[L_OBSERVED]]
@@ -285,12 +289,21 @@ class Writer:
                                        got.host_available_min)  # fmt: skip
         g.cores = max(g.cores, got.cores)
 
-    def tick(self, *, final: bool = False) -> int:
+    def due(self) -> bool:
+        """Whether :meth:`tick` has a row to write: a minute ended since the cursor (or there is
+        no cursor yet)."""
+        minute_now = int(self.wall_clock() * 1e9) // h.MINUTE
+        return self.cursor is None or self.cursor.wall_ns // h.MINUTE < minute_now
+
+    def tick(self, *, final: bool = False, snap: Snapshot | None = None) -> int:
         """Write every minute that ended since the cursor (with ``final``, also the one under
-        way, up to now); returns the rows written."""
+        way, up to now), from ``snap`` if given, else from the store read now; returns the rows
+        written."""
+        if not final and not self.due():
+            return 0  # nothing to read the store for
         now_ns = int(self.wall_clock() * 1e9)
         minute_now = now_ns // h.MINUTE
-        snap = self.store.collect()
+        snap = snap if snap is not None else self.store.collect()
         if self.cursor is None:
             if _alive_ns(snap) <= FRESH_NS:
                 # A server that has just started: its first requests, made before any candidate
@@ -305,18 +318,18 @@ class Writer:
                 self.hour_routes, self.hour = dict(self.cursor.routes), now_ns // h.HOUR
                 self._save()
                 return 0
-        if went_back(totals(snap, now_ns), self.cursor):
+        # Read a moment after the minute ended, the totals stand for its end (or, with final,
+        # for now): a request of the first second of the next minute may count in this one.
+        end_ns = now_ns if final else minute_now * h.MINUTE
+        last = minute_now if final else minute_now - 1
+        now_totals = totals(snap, end_ns)
+        if went_back(now_totals, self.cursor):
             # A store made anew: count from zero, as of when its oldest worker started.
             self.cursor = Totals(now_ns - _alive_ns(snap))
             self.hour_routes = {}
         cursor_minute = self.cursor.wall_ns // h.MINUTE
         if cursor_minute >= minute_now and not final:
             return 0
-        # Read a moment after the minute ended, the totals stand for its end (or, with final,
-        # for now): a request of the first second of the next minute may count in this one.
-        end_ns = now_ns if final else minute_now * h.MINUTE
-        last = minute_now if final else minute_now - 1
-        now_totals = totals(snap, end_ns)
         self.sample(snap)
         row = delta_row(now_totals, self.cursor, snap, self.gauges)
         self.gauges = Gauges()
