@@ -200,6 +200,33 @@ class HistoryFile:
                 return values
         return None  # rewritten all the while: read it as a gap
 
+    def many(self, first: int, last: int, *, hourly: bool = False) -> list[tuple[int, ...] | None]:
+        """The rows of periods ``first`` to ``last - 1`` (None for a gap), read in bulk: each
+        part of the ring they span in one read, then every row whose period word changed
+        meanwhile read again by :meth:`row`."""
+        size = HOUR_ROWS if hourly else MINUTE_ROWS
+        base = _HOURS_AT if hourly else _MINUTES_AT
+        out: list[tuple[int, ...] | None] = []
+        period = first
+        while period < last:
+            slot = period % size
+            n = min(last - period, size - slot)  # up to the end of the ring
+            at = base + slot * ROW_WORDS
+            block = self.words[at : at + n * ROW_WORDS].tolist()
+            again = self.words[at + PERIOD : at + n * ROW_WORDS : ROW_WORDS].tolist()
+            for i in range(n):
+                p = period + i
+                row = block[i * ROW_WORDS : (i + 1) * ROW_WORDS]
+                if row[PERIOD] == p == again[i]:
+                    out.append(tuple(row))
+                elif p in (row[PERIOD], again[i]):  # being written: read it on its own
+                    found = self.row(p, hourly=hourly)
+                    out.append(None if found is None else tuple(found))
+                else:
+                    out.append(None)
+            period += n
+        return out
+
     def names(self) -> list[str]:
         used = min(self.words[H_NAMES_USED], ROUTE_NAMES)
         start = _NAMES_AT * 8
@@ -209,15 +236,17 @@ class HistoryFile:
             for i in range(used)
         ]
 
-    def routes(self, hour: int) -> list[tuple[str, list[int]]]:
-        """The busiest routes of ``hour`` ("route\\0method", values by RT_*), busiest first."""
+    def routes(self, hour: int, names: Sequence[str] | None = None) -> list[tuple[str, list[int]]]:
+        """The busiest routes of ``hour`` ("route\\0method", values by RT_*), busiest first;
+        ``names`` as :meth:`names` gives them, read once for many hours."""
         if self.row(hour, hourly=True) is None:
             return []
-        names = self.names()
+        names = self.names() if names is None else names
         at = _ROUTES_AT + (hour % HOUR_ROWS) * TOP_ROUTES * ROUTE_WORDS
+        words = self.words[at : at + TOP_ROUTES * ROUTE_WORDS].tolist()
         found = []
-        for i in range(TOP_ROUTES):
-            entry = self.words[at + i * ROUTE_WORDS : at + (i + 1) * ROUTE_WORDS].tolist()
+        for i in range(0, TOP_ROUTES * ROUTE_WORDS, ROUTE_WORDS):
+            entry = words[i : i + ROUTE_WORDS]
             if 0 < entry[RT_NAME] <= len(names):
                 found.append((names[entry[RT_NAME] - 1], entry))
         return found
@@ -463,9 +492,9 @@ def rows(file: HistoryFile, start: float, end: float, *, hourly: bool = False) -
     """Every minute (or hour) that begins in [start, end), unix seconds, gaps included."""
     step = 3600 if hourly else 60
     first, last = math.floor(start / step), math.ceil(end / step)
-    for period in range(first, last):
-        values = file.row(period, hourly=hourly)
-        yield Row(period * step, float(step), None if values is None else tuple(values))
+    for period, values in zip(range(first, last), file.many(first, last, hourly=hourly),
+                              strict=True):  # fmt: skip
+        yield Row(period * step, float(step), values)
 
 
 def series(file: HistoryFile, start: float, end: float, step: int) -> list[Row]:
@@ -510,12 +539,16 @@ def busiest(found: Sequence[Row], n: int = 10) -> list[Row]:
     wait; gaps and rows without requests or capacity left out."""
 
     def cheap(row: Row) -> tuple[float, float]:
-        return (row.utilisation or 0.0, row.all_busy_seconds)
+        v = row.values
+        assert v is not None
+        if v[LOOP_OBSERVED_NS]:
+            return (v[LOOP_BUSY_NS] / v[LOOP_OBSERVED_NS], v[ALL_BUSY_NS])
+        return (v[BUSY_NS] / v[CAPACITY_NS] if v[CAPACITY_NS] else 0.0, v[ALL_BUSY_NS])
 
     def key(row: Row) -> tuple[float, float, float]:
         return (*cheap(row), row.queue_wait(0.95) or 0.0)
 
-    ranked = [row for row in found if not row.gap and (row.requests or row.utilisation)]
+    ranked = [row for row in found if row.values is not None and (row.requests or cheap(row)[0])]
     if len(ranked) > n:
         # The queue wait only orders rows tied on the rest: it is worked out for those alone.
         keys = [cheap(row) for row in ranked]

@@ -63,18 +63,19 @@ def get(url: str, timeout: float, *, error_bodies: tuple[int, ...]) -> str:
             )
         raise SourceError(f"{where} answered HTTP {e.code} {e.reason}{hint}") from None
     except urllib.error.URLError as e:
-        raise SourceError(f"cannot reach {where}: {_reason(e.reason)}") from None
+        raise SourceError(f"cannot reach {where}: {reason(e.reason)}") from None
     except OSError as e:  # a timeout or a reset while reading the body
-        raise SourceError(f"cannot reach {where}: {_reason(e)}") from None
+        raise SourceError(f"cannot reach {where}: {reason(e)}") from None
     return body.decode(charset, errors="replace")
 
 
-def _reason(reason: object) -> str:
-    if isinstance(reason, TimeoutError):
+def reason(cause: object) -> str:
+    """Why a request to a server failed, in a few words."""
+    if isinstance(cause, TimeoutError):
         return "timed out"
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(cause) or type(cause).__name__
 
 
 def bucket_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:

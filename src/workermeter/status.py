@@ -241,22 +241,10 @@ class Status:
         """The busiest routes of the hours in [start, end) and of the hour under way."""
         sums: dict[str, list[int]] = {}
         if file is not None:
-            for hour in range(math.floor(start / 3600), math.ceil(end / 3600)):
-                for key, entry in file.routes(hour):
-                    _add(sums, key, entry[h.RT_REQUESTS :])
+            sums = hour_routes(file, start, end)
             if end > self.clock() - 3600:
                 self._routes_under_way(snap, sums)
-        ranked = sorted(sums.items(), key=lambda kv: (-kv[1][1], kv[0]))[:ROUTES]
-        out = []
-        for key, (requests, service, cpu, cpu_wall) in ranked:
-            route, _, method = key.partition("\0")
-            out.append({
-                "route": route, "method": method, "requests": requests,
-                "busy_seconds": service / 1e9,
-                "service_time_mean": service / requests / 1e9 if requests else None,
-                "cpu_share": min(cpu / cpu_wall, 1.0) if cpu_wall else None,
-            })  # fmt: skip
-        return out
+        return ranked_routes(sums)
 
     def _routes_under_way(self, snap: Snapshot, sums: dict[str, list[int]]) -> None:
         try:
@@ -328,6 +316,32 @@ def _fold(found: Sequence[h.Row]) -> h.Row | None:
     if not present:
         return None
     return h.Row(found[0].start, 60.0 * len(found), tuple(h.fold(present, 0)))
+
+
+def hour_routes(file: h.HistoryFile, start: float, end: float) -> dict[str, list[int]]:
+    """The routes of the hours in [start, end) that have ended (the file holds an hour's once
+    it has), summed: "route\\0method" -> requests, service ns, sampled CPU ns and service ns."""
+    sums: dict[str, list[int]] = {}
+    names = file.names()
+    for hour in range(math.floor(start / 3600), math.ceil(end / 3600)):
+        for key, entry in file.routes(hour, names):
+            _add(sums, key, entry[h.RT_REQUESTS :])
+    return sums
+
+
+def ranked_routes(sums: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """The busiest ``ROUTES`` of ``sums`` by busy time, as the JSON's ``routes`` holds them."""
+    ranked = sorted(sums.items(), key=lambda kv: (-kv[1][1], kv[0]))[:ROUTES]
+    out = []
+    for key, (requests, service, cpu, cpu_wall) in ranked:
+        route, _, method = key.partition("\0")
+        out.append({
+            "route": route, "method": method, "requests": requests,
+            "busy_seconds": service / 1e9,
+            "service_time_mean": service / requests / 1e9 if requests else None,
+            "cpu_share": min(cpu / cpu_wall, 1.0) if cpu_wall else None,
+        })  # fmt: skip
+    return out
 
 
 def _add(sums: dict[str, list[int]], key: str, values: Sequence[int]) -> None:

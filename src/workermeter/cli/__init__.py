@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "top": "workermeter.cli.top",
     "demo": "workermeter.cli.demo",
     "logs": "workermeter.cli.logs",
+    "history": "workermeter.cli.history",
 }
 
 

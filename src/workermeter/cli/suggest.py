@@ -127,7 +127,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the answer as JSON")
 
 
-def _duration(text: str, option: str) -> float:
+def duration(text: str, option: str) -> float:
     try:
         return observe.parse_duration(text)
     except ValueError as e:
@@ -137,7 +137,7 @@ def _duration(text: str, option: str) -> float:
 def _targets(args: argparse.Namespace) -> Targets:
     wait = None
     if args.target_wait is not None:
-        wait = _duration(args.target_wait, "--target-wait")
+        wait = duration(args.target_wait, "--target-wait")
     try:
         return Targets(
             utilisation=args.target_utilisation,
@@ -152,7 +152,7 @@ def _targets(args: argparse.Namespace) -> Targets:
 def measure(args: argparse.Namespace) -> observe.Measurement:
     """The capacity inputs from the source the options name."""
     if args.metrics is not None:
-        seconds = _duration(args.duration, "--for")
+        seconds = duration(args.duration, "--for")
         url = observe.metrics_url(args.metrics)
         observe.scrape(url)  # a URL that is down or not workermeter fails now, not in a minute
         if not args.json:
@@ -161,7 +161,7 @@ def measure(args: argparse.Namespace) -> observe.Measurement:
     if args.history is not None:
         return _from_history(args)
     if args.prometheus is not None:
-        window = _duration(args.window, "--window")
+        window = duration(args.window, "--window")
         return observe.measure_prometheus(args.prometheus, selector=args.selector, window=window)
     return _from_logs(args)
 
@@ -170,7 +170,7 @@ def _from_history(args: argparse.Namespace) -> observe.Measurement:
     from .. import history as h
     from ..history_source import measure_history, open_history
 
-    seconds = _duration(args.history, "--history")
+    seconds = duration(args.history, "--history")
     file = open_history(args.directory)
     end = time.time()
     step = 60 if seconds <= 8 * 86400 else 3600
