@@ -119,6 +119,28 @@ def test_the_minute_under_way_counts_once(tmp_path: Path) -> None:
     assert worker["requests"] == 7 and worker["in_flight"] == 0 and worker["rss"] == 100 * MIB
 
 
+def test_an_answer_is_kept_only_while_no_row_is_written(tmp_path: Path) -> None:
+    """One status answering again and again, as the page asks every 30 s: what it took from the
+    file is kept while the file is unchanged, and read anew once a row is written."""
+    w = World(tmp_path, T0 + 10)
+    status = w.status()
+    w.serve(5, 1.0)
+    first = status.data("range=24h")
+    assert first["rows"][-1]["requests"] == 5 and first["suggestion"] == {
+        "error": "the history has no request in 2023-11-13T22:15:00Z to 2023-11-14T22:15:00Z: "
+        "pick a range when the app had traffic"
+    }  # the minute under way is not sized from: only recorded minutes are
+    assert status.data("range=24h")["rows"] == first["rows"]
+    w.advance(60 - 15 + 0.2)
+    w.writer.tick()  # the minute written: the file changed
+    w.serve(2, 1.0)
+    again = status.data("range=24h")
+    assert [r["requests"] for r in again["rows"][-2:]] == [5, 2]
+    assert "setting" in again["suggestion"]  # from the minute now recorded
+    # The minute under way, 2 s busy of the 2.2 s since it began, is the busier.
+    assert [r["requests"] for r in again["busiest"]] == [2, 5]
+
+
 def test_suggest_history_sizes_from_the_peak_load_not_the_most_requests(tmp_path: Path) -> None:
     """Ten minutes of many cheap requests, then five of few slow ones that keep a slot 90 % busy:
     the slow minutes are the peak the workers must carry."""

@@ -49,7 +49,7 @@ FILE_NAME = "history.wm"
 
 # Header words.
 (H_MAGIC, H_MINUTE_ROWS, H_HOUR_ROWS, H_ROW_WORDS, H_TOP_ROUTES, H_ROUTE_NAMES,
- H_NAMES_USED) = range(7)  # fmt: skip
+ H_NAMES_USED, H_WRITES) = range(8)  # fmt: skip
 
 # The coarse buckets of queue wait and service time kept per row: bounds of the store's own
 # buckets, so a row's counts are exact sums of the store's; enough to read p50 and p95 within a
@@ -260,6 +260,12 @@ class HistoryFile:
         for i in range(1, ROW_WORDS):
             w[at + i] = values[i]
         w[at + PERIOD] = period
+        w[H_WRITES] += 1
+
+    @property
+    def writes(self) -> int:
+        """Rows written so far: what a reader keeps its readings by (see Status)."""
+        return int(self.words[H_WRITES])
 
     def write_routes(self, hour: int, entries: Sequence[Sequence[int]]) -> None:
         """The hour's routes; written before the hour's row, which publishes them."""

@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -85,6 +86,17 @@ def _iso(t: float) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """What an answer takes from the history file, without the minute under way."""
+
+    key: tuple[int, float, float, int, int]  # rows written, the range, the minute
+    rows: list[dict[str, Any]]
+    busiest: list[h.Row]  # of the range's recorded minutes
+    routes: dict[str, list[int]]  # of the range's hours that have ended
+    suggestion: dict[str, Any]
+
+
 class Status:
     """The status of the server instance whose store ``store`` gives, read at each call.
 
@@ -109,6 +121,7 @@ class Status:
         self.clock = clock
         self.targets = targets or Targets()
         self._file: h.HistoryFile | None = None
+        self._kept: Recorded | None = None
 
     def directory(self) -> Path:
         return hw.history_directory(self._store().directory)
@@ -132,20 +145,20 @@ class Status:
         usages = self._processes([w.pid for w in snap.workers])
         file = self._history()
         under_way = self._under_way(file, snap, now, usages)
-        rows: list[h.Row] = []
-        minutes: list[h.Row] = []  # the range's, within the last 8 days
         recent: list[h.Row] = []  # the last 15 minutes and the one under way
-        oldest = (math.floor(now / 60) - h.MINUTE_ROWS + 1) * 60
         if file is not None:
-            minutes = h.series(file, max(start, oldest), max(end, oldest), 60)
-            if start >= oldest and step > 60 and start % step == 0:
-                rows = h.grouped(minutes, step)  # the same minutes, not read twice
-            else:
-                rows = h.series(file, start, end, step)
             recent = h.series(file, (math.floor(now / 60) - 15) * 60, now, 60)
+        kept = self._recorded(file, start, end, step, now)
+        rows, busiest = kept.rows, kept.busiest
+        routes = {key: list(values) for key, values in kept.routes.items()}
         if under_way is not None:
-            minutes, recent = _with(minutes, under_way), _with(recent, under_way)
-            rows = _with(rows, under_way) if step == 60 else rows
+            recent = _with(recent, under_way)
+            i = round((under_way.start - math.floor(start / step) * step) / step)
+            if step == 60 and 0 <= i < len(rows) and rows[i]["gap"]:
+                rows = [*rows[:i], under_way.as_dict(), *rows[i + 1 :]]
+            busiest = h.busiest([*busiest, under_way], BUSIEST)
+        if file is not None and end > now - 3600:
+            self._routes_under_way(snap, routes)
         return {
             "version": 1,
             "generated": _iso(now),
@@ -155,12 +168,42 @@ class Status:
             },
             "history": self._about(file),
             "now": self._now(snap, recent),
-            "rows": [row.as_dict() for row in rows],
-            "busiest": [row.as_dict() for row in h.busiest(minutes, BUSIEST)],
-            "routes": self._routes(file, snap, start, end),
+            "rows": rows,
+            "busiest": [row.as_dict() for row in busiest],
+            "routes": ranked_routes(routes),
             "workers": self._workers(snap, usages, now),
-            "suggestion": self._suggestion(file, None if start < oldest else minutes, start, end),
+            "suggestion": kept.suggestion,
         }
+
+    def _recorded(
+        self, file: h.HistoryFile | None, start: float, end: float, step: int, now: float
+    ) -> Recorded:
+        """What the file holds for the range: kept while no row is written and the minute is
+        the same, since working it out for 8 days of minutes takes a fifth of a second and the
+        page asks again every 30 s. The minute under way is not in it (see :meth:`data`)."""
+        minute = math.floor(now / 60)
+        key = (-1 if file is None else file.writes, start, end, step, minute)
+        if self._kept is not None and self._kept.key == key:
+            return self._kept
+        rows: list[h.Row] = []
+        minutes: list[h.Row] = []  # the range's, within the last 8 days
+        routes: dict[str, list[int]] = {}
+        oldest = (minute - h.MINUTE_ROWS + 1) * 60
+        if file is not None:
+            minutes = h.series(file, max(start, oldest), max(end, oldest), 60)
+            if start >= oldest and step > 60 and start % step == 0:
+                rows = h.grouped(minutes, step)  # the same minutes, not read twice
+            else:
+                rows = h.series(file, start, end, step)
+            routes = hour_routes(file, start, end)
+        self._kept = Recorded(
+            key=key,
+            rows=[row.as_dict() for row in rows],
+            busiest=h.busiest(minutes, BUSIEST),
+            routes=routes,
+            suggestion=self._suggestion(file, None if start < oldest else minutes, start, end),
+        )
+        return self._kept
 
     def json(self, query: str = "") -> bytes:
         return dumps(self.data(query))
@@ -235,17 +278,6 @@ class Status:
             return "ok", "no request in the last 5 minutes"
         return "ok", f"{used:.0%} busy"
 
-    def _routes(
-        self, file: h.HistoryFile | None, snap: Snapshot, start: float, end: float
-    ) -> list[dict[str, Any]]:
-        """The busiest routes of the hours in [start, end) and of the hour under way."""
-        sums: dict[str, list[int]] = {}
-        if file is not None:
-            sums = hour_routes(file, start, end)
-            if end > self.clock() - 3600:
-                self._routes_under_way(snap, sums)
-        return ranked_routes(sums)
-
     def _routes_under_way(self, snap: Snapshot, sums: dict[str, list[int]]) -> None:
         try:
             cursor = json.loads((self.directory() / hw.CURSOR).read_text())
@@ -276,8 +308,9 @@ class Status:
     def _suggestion(
         self, file: h.HistoryFile | None, minutes: list[h.Row] | None, start: float, end: float
     ) -> dict[str, Any]:
-        """``workermeter suggest --history`` over the range: from its ``minutes`` when it is
-        within the last 8 days, else from its hours."""
+        """``workermeter suggest --history`` over the range: from its recorded ``minutes``
+        when it is within the last 8 days, else from its hours (the minute under way, partly
+        counted, is left out)."""
         from .cli.suggest import explain, setting
 
         if file is None:
