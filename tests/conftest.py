@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +81,12 @@ def make_recorder(
 @pytest.fixture
 def recorder(make_recorder: Callable[..., Recorder]) -> Recorder:
     return make_recorder()
+
+
+@pytest.fixture
+def exporters() -> Iterator[list[Any]]:
+    """``test_cli_serve.Exporter``s a test started, stopped however it ends."""
+    started: list[Any] = []
+    yield started
+    for exporter in started:
+        exporter.stop()

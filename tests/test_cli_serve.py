@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,13 +68,6 @@ class Exporter:
             self.proc.stdout.close()
 
 
-@pytest.fixture
-def exporters() -> Iterator[list[Exporter]]:
-    """Exporters started by a test, stopped however it ends."""
-    started: list[Exporter] = []
-    yield started
-    for exporter in started:
-        exporter.stop()
 
 
 def test_serve_reads_the_store_of_a_gunicorn_without_hooks(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import psutil
 import requests
@@ -95,10 +97,12 @@ def test_the_async_demo_sizes_event_loops_and_names_the_blocking_route() -> None
     assert demo_processes(started) == []
 
 
-def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
-    started = time.time()
+@contextlib.contextmanager
+def demo(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``workermeter demo ARGS`` running, its output read through pipes; killed if still
+    running when the test ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workermeter", "demo", "--duration", "60"],
+        [sys.executable, "-m", "workermeter", "demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -106,6 +110,16 @@ def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
         cwd=servers.ROOT,
     )
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
+    started = time.time()
+    with demo("--duration", "60") as proc:
         assert proc.stdout is not None
         header = proc.stdout.readline()  # printed once gunicorn answers
         assert "workermeter demo" in header, header
@@ -113,10 +127,6 @@ def test_ctrl_c_ends_it_early_and_stops_gunicorn() -> None:
         time.sleep(3)
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Stopped early." in out
     assert "Suggestion: " in out
@@ -127,15 +137,7 @@ def test_it_ends_on_the_status_page_of_the_run_until_ctrl_c() -> None:
     """After the suggestion, the page of the run is served, its history holding every request
     the metrics counted; Ctrl-C ends it at once and stops everything."""
     started = time.time()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workermeter", "demo", "--duration", "5", "--wait", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-        cwd=servers.ROOT,
-    )
-    try:
+    with demo("--duration", "5", "--wait", "60") as proc:
         assert proc.stdout is not None
         lines: list[str] = []
         while not (found := re.search(r"status page of this run: (http://\S+)", "".join(lines))):
@@ -161,10 +163,6 @@ def test_it_ends_on_the_status_page_of_the_run_until_ctrl_c() -> None:
         assert demo_processes(started)  # the app is still up, its workers on the page
         os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert demo_processes(started) == []

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,11 +372,3 @@ def test_serve_writes_the_history(tmp_path: Path, exporters: list[Exporter]) -> 
         assert counted == 30
         wait_equal(url, counted, timeout=2 * RETRY_EVERY)
         assert lock_holder(store) == serve
-
-
-@pytest.fixture
-def exporters() -> Iterator[list[Exporter]]:
-    started: list[Exporter] = []
-    yield started
-    for exporter in started:
-        exporter.stop()
