@@ -372,3 +372,19 @@ def test_serve_writes_the_history(tmp_path: Path, exporters: list[Exporter]) -> 
         assert counted == 30
         wait_equal(url, counted, timeout=2 * RETRY_EVERY)
         assert lock_holder(store) == serve
+
+
+def test_the_history_survives_a_restart_in_a_directory_of_its_own(tmp_path: Path) -> None:
+    """``WORKERMETER_HISTORY_DIR`` kept across a deploy: the second server's store is new (its
+    socket's, under /dev/shm), its history goes on in the same file, and holds both runs."""
+    history = tmp_path / "history"
+    served = 0
+    for run, n in enumerate((30, 20)):
+        extra = ("-e", f"WORKERMETER_HISTORY_DIR={history}")
+        with gunicorn(tmp_path / f"run{run}", workers=1, store=None, extra=extra) as server:
+            assert set(drive(server.url, ["/sleep?ms=5"] * n, clients=2)) == {200}
+            served += n
+            rows = wait_equal(server.url, served, timeout=3 * RETRY_EVERY)
+        # The first run's minutes are still there, and the row of its last minute is whole.
+        assert sum(row["requests"] or 0 for row in rows) == served
+    assert (history / h.FILE_NAME).stat().st_size == h.FILE_BYTES

@@ -209,8 +209,15 @@ def _share(row: list[int], n: int) -> list[list[int]]:
     return out
 
 
-def _merge(old: list[int], new: list[int]) -> list[int]:
-    """Two parts of one period's counts as one row."""
+def with_earlier_part(old: list[int] | None, new: list[int]) -> list[int]:
+    """``new``, a period's counts from its ``FROM_NS``, with ``old`` added when it is an earlier
+    part of the same period: what a writer wrote before it stopped in the period, or a server
+    before it restarted. An ``old`` that reaches past where ``new`` begins is the same part
+    written before (its writer died before saving its cursor): ``new`` replaces it."""
+    if old is None or old[h.PERIOD] != new[h.PERIOD]:
+        return new
+    if old[h.FROM_NS] + old[h.COVERED_NS] > new[h.FROM_NS]:
+        return new
     return h.fold([old, new], old[h.PERIOD])
 
 
@@ -249,6 +256,7 @@ class Writer:
         self.cursor: Totals | None = state[0]
         self.hour_routes: dict[str, list[int]] = state[1]
         self.hour: int | None = state[2]
+        self._checked = False  # whether the store's totals follow on from the cursor
 
     # The cursor: the totals the last row counted up to, the routes' totals at the start of the
     # hour, and that hour.
@@ -290,10 +298,12 @@ class Writer:
         g.cores = max(g.cores, got.cores)
 
     def due(self) -> bool:
-        """Whether :meth:`tick` has a row to write: a minute ended since the cursor (or there is
-        no cursor yet)."""
+        """Whether :meth:`tick` has work: a minute ended since the cursor, or the cursor is yet
+        to be checked against the store (none yet, or one a writer before this one saved)."""
         minute_now = int(self.wall_clock() * 1e9) // h.MINUTE
-        return self.cursor is None or self.cursor.wall_ns // h.MINUTE < minute_now
+        return not self._checked or self.cursor is None or (
+            self.cursor.wall_ns // h.MINUTE < minute_now
+        )  # fmt: skip
 
     def tick(self, *, final: bool = False, snap: Snapshot | None = None) -> int:
         """Write every minute that ended since the cursor (with ``final``, also the one under
@@ -323,10 +333,13 @@ class Writer:
         end_ns = now_ns if final else minute_now * h.MINUTE
         last = minute_now if final else minute_now - 1
         now_totals = totals(snap, end_ns)
+        self._checked = True
         if went_back(now_totals, self.cursor):
-            # A store made anew: count from zero, as of when its oldest worker started.
+            # A store made anew (the server restarted, its history kept in a directory of its
+            # own): count from zero, as of when its oldest worker started.
             self.cursor = Totals(now_ns - _alive_ns(snap))
             self.hour_routes = {}
+            self._save()  # the status page's minute under way counts from it
         cursor_minute = self.cursor.wall_ns // h.MINUTE
         if cursor_minute >= minute_now and not final:
             return 0
@@ -349,9 +362,7 @@ class Writer:
     def _put(self, minute: int, row: list[int]) -> int:
         row = list(row)
         row[h.PERIOD] = minute
-        old = self.file.row(minute)
-        if old is not None and old[h.FROM_NS] + old[h.COVERED_NS] == row[h.FROM_NS]:
-            row = _merge(old, row)  # the minute's first part, by a writer that stopped in it
+        row = with_earlier_part(self.file.row(minute), row)
         self.file.write_row(minute, row)
         return 1
 

@@ -154,7 +154,7 @@ class Status:
         if under_way is not None:
             recent = _with(recent, under_way)
             i = round((under_way.start - math.floor(start / step) * step) / step)
-            if step == 60 and 0 <= i < len(rows) and rows[i]["gap"]:
+            if step == 60 and 0 <= i < len(rows):  # its earlier part, if any, is in it
                 rows = [*rows[:i], under_way.as_dict(), *rows[i + 1 :]]
             busiest = h.busiest([*busiest, under_way], BUSIEST)
         if file is not None and end > now - 3600:
@@ -238,8 +238,12 @@ class Status:
         for rss, uss, _ in usages.values():
             gauges.rss_max, gauges.uss_max = max(gauges.rss_max, rss), max(gauges.uss_max, uss)
         gauges.host_memory, gauges.host_available_min, gauges.cores = self._host()
-        values = hw.delta_row(hw.totals(snap, int(now * 1e9)), before, snap, gauges)
+        current = hw.totals(snap, int(now * 1e9))
+        if hw.went_back(current, before):
+            return None  # a new store, which the writer has yet to count from
+        values = hw.delta_row(current, before, snap, gauges)
         values[h.PERIOD] = minute
+        values = hw.with_earlier_part(file.row(minute), values)  # as the writer will write it
         return h.Row(minute * 60.0, 60.0, tuple(values))
 
     def _now(self, snap: Snapshot, minutes: Sequence[h.Row]) -> dict[str, Any]:
@@ -340,8 +344,9 @@ class Status:
 
 
 def _with(found: list[h.Row], under_way: h.Row) -> list[h.Row]:
-    """``found`` with the minute under way in place of its gap."""
-    return [under_way if row.start == under_way.start and row.gap else row for row in found]
+    """``found`` with the minute under way in place of what the file holds of it (a gap, or
+    the part a writer wrote before it stopped, which the minute under way includes)."""
+    return [under_way if row.start == under_way.start else row for row in found]
 
 
 def _fold(found: Sequence[h.Row]) -> h.Row | None:
