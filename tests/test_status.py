@@ -246,6 +246,96 @@ def test_the_site_answers_get_and_head_with_a_strict_policy(tmp_path: Path) -> N
     assert site.respond(f"{BASE}.json", "GET")[2].startswith(b'{"version":1,')
 
 
+# -------------------------------------------------------------------- where the page is served
+
+
+def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"the app's own 404\n"]
+
+
+def wsgi_get(mw: Any, path: str) -> tuple[str, bytes]:
+    from test_wsgi import get, make_environ
+
+    call = get(mw, make_environ(path))
+    return call.status, call.body
+
+
+def counted(mw: Any, metrics_path: str = "/metrics") -> float:
+    from promtext import parse
+
+    status, body = wsgi_get(mw, metrics_path)
+    assert status == "200 OK", body
+    return sum(v for k, v in parse(body).items() if k[0] == "workermeter_requests_total")
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "served", "not_served"),
+    [
+        ({}, None, "/metrics/status", "/ops/status"),
+        ({"status_path": "/ops/status"}, None, "/ops/status", "/metrics/status"),
+        ({"metrics_path": "/int/metrics"}, None, "/int/metrics/status", "/metrics/status"),
+        ({}, "/ops/status", "/ops/status", "/metrics/status"),
+        ({}, "off", None, "/metrics/status"),
+        ({"status_path": None}, None, None, "/metrics/status"),
+    ],
+)  # fmt: skip
+def test_where_the_middleware_serves_the_page(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    options: dict[str, Any],
+    env: str | None,
+    served: str | None,
+    not_served: str,
+) -> None:
+    from workermeter import WSGIMiddleware
+
+    if env is not None:
+        monkeypatch.setenv("WORKERMETER_STATUS_PATH", env)
+    mw = WSGIMiddleware(wsgi_app, directory=tmp_path / "store", threads=1, **options)
+    assert wsgi_get(mw, not_served) == ("404 Not Found", b"the app's own 404\n")
+    if served is not None:
+        starts = {served: b"<!DOCTYPE html>", f"{served}.json": b'{"version":1,',
+                  f"{served}.js": b"// workermeter", f"{served}.css": b"/* "}  # fmt: skip
+        for path, kind in starts.items():
+            status, body = wsgi_get(mw, path)
+            assert status == "200 OK" and body.startswith(kind), path
+    # Only the path that was not the page's reached the app, and only it is counted.
+    assert counted(mw, options.get("metrics_path", "/metrics")) == 1
+
+
+def test_a_status_path_it_cannot_use_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workermeter import WSGIMiddleware
+
+    with pytest.raises(ValueError) as e:
+        WSGIMiddleware(wsgi_app, directory=tmp_path, status_path="ops/status")
+    assert str(e.value) == (
+        "status_path must be a path starting with '/' (or None for no status page), "
+        "got 'ops/status'"
+    )
+    monkeypatch.setenv("WORKERMETER_STATUS_PATH", "status")
+    with pytest.raises(ValueError) as e:
+        WSGIMiddleware(wsgi_app, directory=tmp_path)
+    assert str(e.value) == (
+        "WORKERMETER_STATUS_PATH='status' must be a path starting with '/', or off"
+    )
+
+
+def test_the_asgi_middleware_serves_the_page_under_its_mount(tmp_path: Path) -> None:
+    from test_asgi import http_scope, ok_app, run
+    from workermeter import ASGIMiddleware
+
+    mw = ASGIMiddleware(ok_app, directory=tmp_path / "store", threads=1)
+    page = run(mw, http_scope("/metrics/status"))
+    assert page.status == 200 and page.body.startswith(b"<!DOCTYPE html>")
+    mounted = {**http_scope("/app/metrics/status.json"), "root_path": "/app"}
+    answer = run(mw, mounted)
+    assert answer.status == 200 and json.loads(answer.body)["version"] == 1
+    assert run(mw, http_scope("/metrics/statusx")).body == b"ok"  # the app's
+
+
 # ---------------------------------------------------------------------------------- real servers
 
 TOKEN = "s3cret-token"

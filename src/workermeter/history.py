@@ -215,14 +215,14 @@ class HistoryFile:
             block = self.words[at : at + n * ROW_WORDS].tolist()
             again = self.words[at + PERIOD : at + n * ROW_WORDS : ROW_WORDS].tolist()
             # One tuple a row, cut at C speed: the same iterator, ROW_WORDS times over.
-            found = zip(*[iter(block)] * ROW_WORDS, strict=True)
-            for i, (row, check) in enumerate(zip(found, again, strict=True)):
+            cut = zip(*[iter(block)] * ROW_WORDS, strict=True)
+            for i, (row, check) in enumerate(zip(cut, again, strict=True)):
                 p = period + i
                 if row[PERIOD] == p == check:
                     out.append(row)
                 elif p in (row[PERIOD], check):  # being written: read it on its own
-                    found = self.row(p, hourly=hourly)
-                    out.append(None if found is None else tuple(found))
+                    alone = self.row(p, hourly=hourly)
+                    out.append(None if alone is None else tuple(alone))
                 else:
                     out.append(None)
             period += n
