@@ -433,12 +433,20 @@ def where_time_goes() -> Row:
             Panel(
                 "Service time by route",
                 "p50 and p95 of the time from the app being called until its response is sent, "
-                "per route. It excludes queue wait.",
+                "per route (from its coarse buckets) and for all routes (from fine ones). It "
+                "excludes queue wait.",
                 "s",
                 tuple(
                     Query(
                         _quantile(quantile, q.name(m.DURATION, "_bucket"), ("route",)),
                         f"{{{{route}}}} p{float(quantile) * 100:g}",
+                    )
+                    for quantile in ("0.5", "0.95")
+                )
+                + tuple(
+                    Query(
+                        _quantile(quantile, q.name(m.SERVICE_TIME, "_bucket"), ("job",)),
+                        f"all routes p{float(quantile) * 100:g}",
                     )
                     for quantile in ("0.5", "0.95")
                 ),

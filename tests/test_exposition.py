@@ -157,7 +157,73 @@ def test_serve_metrics_on_a_port_of_their_own(tmp_path: Path) -> None:
         for family in text_string_to_metric_families(reply.text)
         for s in family.samples
     }
-    key = ("workermeter_requests_total", (("method", "GET"), ("route", "/x"), ("status", "2xx")))
+    key = ("workermeter_requests_total", (("route", "/x"), ("status", "2xx")))
     assert samples[key] == 4
     assert samples[("workermeter_workers", ())] == 1
     assert samples[("workermeter_capacity_threads", (("worker", "0"),))] == 1
+
+
+# ------------------------------------------------------------------------------ series budget
+
+METHODS = ("GET", "POST", "PUT")
+STATUSES = (200, 404, 500)
+
+
+def series_of(directory: Path, routes: int, detail: str) -> dict[str, int]:
+    """Series by family of one worker that served every route x method x status class once."""
+    rec = Recorder(directory=directory / f"{routes}", cpu_sample=1)
+    active = rec.activate(multithread=False, capacity=1)
+    lane = active.lane()
+    for i in range(routes):
+        for method in METHODS:
+            for status in STATUSES:
+                active.begin()
+                lane.request(f"/r{i}/{{id}}", method, status_index(status), 20_000_000, cpu=10**6)
+                active.end()
+    from workermeter.exposition import Exposition
+    from workermeter.store import Store
+
+    text = Exposition(lambda: Store(directory / f"{routes}"), route_detail=detail).render(None)[0]
+    found: dict[str, int] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        found[family.name] = len(family.samples)
+    assert rec.active is not None
+    return found
+
+
+@pytest.mark.parametrize("routes", [20, 200])
+def test_the_series_budget(tmp_path: Path, routes: int) -> None:
+    """200 routes x 3 methods x 2xx/4xx/5xx: at most 4,000 series by default (the worst case of
+    docs/metrics.md), each route's histogram 13 series; the full detail as before, 42 a route
+    and method."""
+    coarse = series_of(tmp_path / "coarse", routes, "coarse")
+    assert coarse["workermeter_requests"] == routes * 3  # route x status class
+    assert coarse["workermeter_request_duration_seconds"] == routes * 13  # 10 bounds, +Inf, 2
+    assert coarse["workermeter_service_time_seconds"] == 42  # 39 bounds, +Inf, sum and count
+    assert coarse["workermeter_sampled_cpu_seconds"] == routes
+    others = sum(n for name, n in coarse.items() if name not in (
+        "workermeter_requests", "workermeter_request_duration_seconds",
+        "workermeter_sampled_cpu_seconds", "workermeter_sampled_duration_seconds",
+    ))  # fmt: skip
+    total = sum(coarse.values())
+    assert total == routes * (3 + 13 + 2) + others
+    if routes == 200:
+        assert total <= 4000, total
+    full = series_of(tmp_path / "full", routes, "full")
+    assert full["workermeter_requests"] == routes * 9
+    assert full["workermeter_request_duration_seconds"] == routes * 3 * 42
+    assert full["workermeter_service_time_seconds"] == 42
+
+
+def test_a_route_detail_it_does_not_know_is_refused_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workermeter import WSGIMiddleware
+
+    monkeypatch.setenv("WORKERMETER_ROUTE_DETAIL", "fine")
+    with pytest.raises(ValueError) as e:
+        WSGIMiddleware(lambda environ, start_response: [], directory=tmp_path)
+    assert str(e.value) == (
+        "WORKERMETER_ROUTE_DETAIL must be coarse (route and status, 10 buckets a route) or full "
+        "(method too, 39 buckets a route), got 'fine'"
+    )

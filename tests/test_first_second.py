@@ -25,13 +25,17 @@ from workermeter.store import Store
 CONF = ROOT / "integrations" / "gunicorn.conf.py"
 
 
-def _until(read: Callable[[], Snapshot], workers: int, timeout: float = 15.0) -> Snapshot:
-    """The first snapshot with ``workers`` live workers: a server logs a worker's boot before the
-    worker has loaded the app."""
+def _until(
+    read: Callable[[], Snapshot], workers: int, timeout: float = 15.0, *, loops: bool = False
+) -> Snapshot:
+    """The first snapshot with ``workers`` live workers (and, with ``loops``, their event loops
+    measured, which a worker starts just after it counts): a server logs a worker's boot before
+    the worker has loaded the app."""
     deadline = time.monotonic() + timeout
     while True:
         snap = read()
-        if len(snap.workers) >= workers or time.monotonic() > deadline:
+        ready = len(snap.workers) >= workers and (not loops or len(snap.loops) >= workers)
+        if ready or time.monotonic() > deadline:
             return snap
         time.sleep(0.05)
 
@@ -71,7 +75,7 @@ def test_gunicorn_workers_count_before_any_request(
         tmp_path, workers=workers, store=store, worker_class=worker_class, preload=preload,
         extra=(*extra, *argv_threads),
     ) as server:  # fmt: skip
-        snap = _until(Store(store).collect, workers)
+        snap = _until(Store(store).collect, workers, loops=worker_class == "gevent")
         pids = {w.pid for w in snap.workers}
         assert server.proc.pid not in pids  # never the arbiter (nor coreutils' timeout)
     assert len(snap.workers) == workers

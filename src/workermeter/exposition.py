@@ -44,6 +44,10 @@ def _names_of(metric: m.Metric) -> set[str]:
     return {metric.name, *m.sample_names(metric)}
 
 
+# Where each bound of ROUTE_BUCKETS, and +Inf, is among the store's buckets.
+_ROUTE_AT = (*(m.BUCKETS.index(b) for b in m.ROUTE_BUCKETS), len(m.BUCKETS))
+
+
 def _histogram(values: list[int], start: int) -> list[int]:
     """Cumulative bucket counts, +Inf last, from a record's per-bucket counts."""
     return list(itertools.accumulate(values[start : start + r.NBUCKETS]))
@@ -65,11 +69,13 @@ class StoreCollector:
         processes: Callable[[list[int]], dict[int, tuple[int, int, float]]] | None = None,
         host: Callable[[], tuple[int, int, int]] | None = None,
         listeners: Callable[[], dict[int, Listener]] | None = None,
+        route_detail: str | None = None,
     ) -> None:
         self._store = store
         self._processes = processes or ProcessUsage()
         self._host = host or host_usage
         self._listeners = listeners or listening
+        self.route_detail = m.route_detail(route_detail)
 
     def collect(self) -> Iterator[Metric]:
         """The metric families as ``prometheus_client`` ones."""
@@ -99,33 +105,55 @@ class StoreCollector:
         return [backlog, limit]
 
     def _requests(self, snap: Snapshot) -> list[Family]:
-        requests = Family(m.REQUESTS)
-        duration = Family(m.DURATION)
+        """The routes' families. At the coarse route detail a route's methods are added up and
+        its histogram keeps the bounds of ``ROUTE_BUCKETS``; the service time of all routes
+        keeps every bound, whatever the detail."""
+        full = self.route_detail == "full"
+        requests = Family(m.with_detail(m.REQUESTS, self.route_detail))
+        duration = Family(m.with_detail(m.DURATION, self.route_detail))
+        service = Family(m.SERVICE_TIME)
         cpu = Family(m.CPU)
         cpu_wall = Family(m.CPU_WALL)
         held = Family(m.LOOP_HELD)
+        every = [0] * (r.NBUCKETS + 1)  # all routes' buckets, then their sum
+        by_route: dict[str, list[int]] = {}  # route (and method, at full) -> summed values
         cpu_by_route: dict[str, list[int]] = {}
         for (kind, key), values in sorted(snap.records.items()):
             if kind != ROUTE:
                 continue
-            route, _, method = key.partition("\0")
-            for status, count in zip(r.STATUS_CLASSES, values, strict=False):
-                if count:
-                    requests.add((route, method, status), count)
-            duration.add_histogram(
-                (route, method), _histogram(values, r.R_DURATION), values[r.R_SUM] / 1e9
-            )
+            route = key.partition("\0")[0]
+            shown = key if full else route
+            have = by_route.get(shown)
+            if have is None:
+                by_route[shown] = list(values)
+            else:
+                for i, v in enumerate(values[: len(have)]):
+                    have[i] += v
+            for i in range(r.NBUCKETS):
+                every[i] += values[r.R_DURATION + i]
+            every[-1] += values[r.R_SUM]
             sums = cpu_by_route.setdefault(route, [0, 0, 0])
             sums[0] += values[r.R_CPU]
             sums[1] += values[r.R_CPU_WALL]
             if len(values) > r.R_HELD:
                 sums[2] += values[r.R_HELD]
+        for shown, values in by_route.items():
+            labels = tuple(shown.partition("\0")[::2]) if full else (shown,)
+            for status, count in zip(r.STATUS_CLASSES, values, strict=False):
+                if count:
+                    requests.add((*labels, status), count)
+            cumulative = _histogram(values, r.R_DURATION)
+            if not full:
+                cumulative = [cumulative[i] for i in _ROUTE_AT]
+            duration.add_histogram(labels, cumulative, values[r.R_SUM] / 1e9)
+        if by_route:
+            service.add_histogram((), list(itertools.accumulate(every[:-1])), every[-1] / 1e9)
         for route, (cpu_ns, wall_ns, held_ns) in cpu_by_route.items():
             cpu.add((route,), cpu_ns / 1e9)
             cpu_wall.add((route,), wall_ns / 1e9)
             if held_ns:  # async requests only: no series for a sync app's routes
                 held.add((route,), held_ns / 1e9)
-        return [requests, duration, cpu, cpu_wall, held]
+        return [requests, duration, service, cpu, cpu_wall, held]
 
     def _process_records(self, snap: Snapshot) -> list[Family]:
         values = snap.records.get((PROCESS, ""), [])
@@ -236,8 +264,10 @@ class StoreCollector:
 class Exposition:
     """A store's metrics, rendered for a scrape's Accept header."""
 
-    def __init__(self, store: Callable[[], Store]) -> None:
-        self.collector = StoreCollector(store)
+    def __init__(self, store: Callable[[], Store], *, route_detail: str | None = None) -> None:
+        """:raises ValueError: for a route detail other than coarse or full (default
+        ``$WORKERMETER_ROUTE_DETAIL``)."""
+        self.collector = StoreCollector(store, route_detail=route_detail)
 
     def render(self, accept: str | None, names: Collection[str] | None = None) -> tuple[bytes, str]:
         """The body and its content type: OpenMetrics or the Prometheus text format. ``names``

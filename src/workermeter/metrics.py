@@ -6,7 +6,7 @@ a test checks that nothing else uses a name that is not declared here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -20,6 +20,14 @@ BUCKETS: tuple[float, ...] = (
     7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0,
 )  # fmt: skip
 BUCKETS_NS: tuple[int, ...] = tuple(round(b * 1e9) for b in BUCKETS)
+# The per-route service-time histogram's bounds, a subset of BUCKETS. A route's series are the
+# bulk of what a Prometheus stores, and the sizing answer needs of a route its rate, its busy time
+# and a coarse shape: which routes are cheap (under 5-25 ms), typical web work (25 ms to 1 s),
+# slow (1-5 s) or near a timeout (30 s, gunicorn's default worker timeout). Steps of 1-2.5-5 where
+# most routes lie, 10 bounds in all. Where waits are judged (queue wait, the service time of all
+# routes) the histograms keep every bound of BUCKETS.
+ROUTE_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0)
+assert set(ROUTE_BUCKETS) <= set(BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,7 @@ class Metric:
     labels: tuple[str, ...]
     unit: str
     help: str
+    buckets: tuple[float, ...] = BUCKETS  # a histogram's upper bounds, +Inf left out
 
 
 # Label sets.
@@ -41,16 +50,26 @@ _WORKER = ("worker",)
 REQUESTS = Metric(
     "workermeter_requests",
     "counter",
-    ("route", "method", "status"),
+    ("route", "status"),
     "requests",
-    "Requests completed, by route template, method and status class (2xx, 4xx, 5xx...).",
+    "Requests completed, by route template and status class (2xx, 4xx, 5xx...); by method too "
+    "with WORKERMETER_ROUTE_DETAIL=full.",
 )
 DURATION = Metric(
     "workermeter_request_duration_seconds",
     "histogram",
-    _ROUTE,
+    ("route",),
     "seconds",
-    "Service time: from the app being called until the response body is fully sent.",
+    "Service time of each route: from the app being called until the response body is fully "
+    "sent. Coarse buckets; by method and in fine buckets with WORKERMETER_ROUTE_DETAIL=full.",
+    ROUTE_BUCKETS,
+)
+SERVICE_TIME = Metric(
+    "workermeter_service_time_seconds",
+    "histogram",
+    (),
+    "seconds",
+    "Service time of all requests, in fine buckets: the distribution waits are judged by.",
 )
 QUEUE_WAIT = Metric(
     "workermeter_queue_wait_seconds",
@@ -315,13 +334,45 @@ HOST_CPUS = Metric(
 )
 
 METRICS: tuple[Metric, ...] = (
-    REQUESTS, DURATION, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS, CPU, CPU_WALL,
-    DISCONNECTS, WEBSOCKETS, LOOP_LAG, LOOP_BUSY, LOOP_OBSERVED, LOOP_HELD, POOL_SIZE,
-    POOL_IN_USE, POOL_BUSY, POOL_WAITING, POOL_WAIT, CAPACITY, CAPACITY_KNOWN,
+    REQUESTS, DURATION, SERVICE_TIME, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS,
+    CPU, CPU_WALL, DISCONNECTS, WEBSOCKETS, LOOP_LAG, LOOP_BUSY, LOOP_OBSERVED, LOOP_HELD,
+    POOL_SIZE, POOL_IN_USE, POOL_BUSY, POOL_WAITING, POOL_WAIT, CAPACITY, CAPACITY_KNOWN,
     IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID, WORKERS,
     RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, LISTEN_BACKLOG_LIMIT, HOST_MEMORY, HOST_AVAILABLE,
     HOST_CPUS,
 )  # fmt: skip
+
+
+# What the exposition shows of each route: "coarse" (route and status, ROUTE_BUCKETS), or "full"
+# (method as well, and every bound of BUCKETS) for those who want it and pay for its series.
+ENV_ROUTE_DETAIL = "WORKERMETER_ROUTE_DETAIL"
+ROUTE_DETAILS = ("coarse", "full")
+
+
+def route_detail(value: str | None = None) -> str:
+    """The route detail asked for: ``value``, else ``$WORKERMETER_ROUTE_DETAIL``, else coarse.
+
+    :raises ValueError: for another value, saying which there are.
+    """
+    import os
+
+    given = value if value is not None else os.environ.get(ENV_ROUTE_DETAIL, "coarse")
+    detail = given.strip().lower()
+    if detail not in ROUTE_DETAILS:
+        raise ValueError(
+            f"{ENV_ROUTE_DETAIL} must be coarse (route and status, 10 buckets a route) or full "
+            f"(method too, {len(BUCKETS)} buckets a route), got {given!r}"
+        )
+    return detail
+
+
+def with_detail(metric: Metric, detail: str) -> Metric:
+    """``metric`` as the exposition shows it at ``detail``: REQUESTS and DURATION gain the
+    method label and DURATION every bound of BUCKETS at "full"."""
+    if detail != "full" or metric not in (REQUESTS, DURATION):
+        return metric
+    labels = ("route", "method", "status") if metric is REQUESTS else _ROUTE
+    return replace(metric, labels=labels, buckets=BUCKETS)
 
 
 def sample_names(metric: Metric) -> tuple[str, ...]:

@@ -478,7 +478,9 @@ def observe(scrapes: Sequence[Scrape]) -> Observation:
         requests=requests,
         rate=requests / seconds,
         service_time=ratio(duration_sum, duration_count),
-        service_cv=bucket_cv(d.buckets(m.DURATION.name)),
+        # Every bound, all routes; from the routes' histograms where an older exporter has no
+        # unlabelled one.
+        service_cv=bucket_cv(d.buckets(m.SERVICE_TIME.name) or d.buckets(m.DURATION.name)),
         cpu_share=ratio(cpu, cpu_wall),
         process_cpu_share=ratio(process_cpu, busy),
         utilisation=(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import server
 from .instance import ENV_DIR, default_directory
+from .metrics import route_detail
 from .recorder import CPU_SAMPLE, ROUTE_LIMIT, UPLOAD_BYTES, Active, Recorder
 
 if TYPE_CHECKING:
@@ -120,6 +121,8 @@ class Meter:
                 f"status_path must be a path starting with '/' (or None for no status page), "
                 f"got {status_path!r}"
             )
+        if metrics_path is not None:
+            route_detail()  # a bad $WORKERMETER_ROUTE_DETAIL is refused now, not at a scrape
         for option, value in (("max_skew", max_skew), ("max_age", max_age)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
                 raise ValueError(f"{option} must be a number of seconds >= 0, got {value!r}")

@@ -181,7 +181,7 @@ def measure_prometheus(
     loops, loop_elu, loop_notes_ = _loops(prom, series, window, r, res)
     if loops is not None:
         utilisation = loop_elu
-    cv = bucket_cv(increases_by_le(m.DURATION))
+    cv = bucket_cv(increases_by_le(m.SERVICE_TIME) or increases_by_le(m.DURATION))
     waits = increases_by_le(m.QUEUE_WAIT)
 
     def last(metric: m.Metric, how: str = "sum") -> float | None:

@@ -11,6 +11,7 @@ scrapes never loads it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ def go_float(value: float) -> str:
     return text
 
 
-_LE = [*(go_float(b) for b in m.BUCKETS), "+Inf"]
+@functools.cache
+def _le(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The ``le`` label values of a histogram with these upper bounds, +Inf last."""
+    return (*(go_float(b) for b in bounds), "+Inf")
 
 
 class Format(NamedTuple):
@@ -129,8 +133,9 @@ def to_client(f: Family) -> Metric:
     kind = f.metric.kind
     if kind == "histogram":
         hist = HistogramMetricFamily(f.metric.name, f.metric.help, labels=names, unit=unit)
+        le = _le(f.metric.buckets)
         for labels, buckets, total in f.histograms:
-            hist.add_metric(list(labels), list(zip(_LE, buckets, strict=True)), total)
+            hist.add_metric(list(labels), list(zip(le, buckets, strict=True)), total)
         return hist
     family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
     out = family_type(f.metric.name, f.metric.help, labels=names, unit=unit)
@@ -204,7 +209,7 @@ def render(families: list[Family], *, openmetrics: bool) -> bytes:
             tail = f",{after}}} " if after else "} "
             out.extend(
                 f'{head}le="{le}"{tail}{fmt(count)}\n'
-                for le, count in zip(_LE, buckets, strict=True)
+                for le, count in zip(_le(f.metric.buckets), buckets, strict=True)
             )
             braced = _braced(before, after)
             out.append(f"{name}_count{braced} {fmt(buckets[-1])}\n")

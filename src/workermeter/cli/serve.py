@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             httpd, _thread = serve_metrics(args.port, args.bind, directory=directory)
         except OSError as e:  # taken port, unknown address, no permission for a low port
             raise UsageError(f"cannot listen on {args.bind} port {args.port}: {_why(e)}") from None
+        except ValueError as e:  # a setting in the environment it cannot use
+            raise UsageError(str(e)) from None
         try:
             address = httpd.socket.getsockname()
             host, port = str(address[0]), int(address[1])
