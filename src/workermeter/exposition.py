@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
+from operator import add
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -115,7 +116,6 @@ class StoreCollector:
         cpu = Family(m.CPU)
         cpu_wall = Family(m.CPU_WALL)
         held = Family(m.LOOP_HELD)
-        every = [0] * (r.NBUCKETS + 1)  # all routes' buckets, then their sum
         by_route: dict[str, list[int]] = {}  # route (and method, at full) -> summed values
         cpu_by_route: dict[str, list[int]] = {}
         for (kind, key), values in sorted(snap.records.items()):
@@ -124,14 +124,8 @@ class StoreCollector:
             route = key.partition("\0")[0]
             shown = key if full else route
             have = by_route.get(shown)
-            if have is None:
-                by_route[shown] = list(values)
-            else:
-                for i, v in enumerate(values[: len(have)]):
-                    have[i] += v
-            for i in range(r.NBUCKETS):
-                every[i] += values[r.R_DURATION + i]
-            every[-1] += values[r.R_SUM]
+            # A route's methods added up (values of an older layout are shorter: cut to them)
+            by_route[shown] = list(values) if have is None else list(map(add, have, values))
             sums = cpu_by_route.setdefault(route, [0, 0, 0])
             sums[0] += values[r.R_CPU]
             sums[1] += values[r.R_CPU_WALL]
@@ -146,8 +140,10 @@ class StoreCollector:
             if not full:
                 cumulative = [cumulative[i] for i in _ROUTE_AT]
             duration.add_histogram(labels, cumulative, values[r.R_SUM] / 1e9)
-        if by_route:
-            service.add_histogram((), list(itertools.accumulate(every[:-1])), every[-1] / 1e9)
+        if by_route:  # all routes' buckets and sums, added up column by column
+            every = [sum(c) for c in zip(*by_route.values(), strict=False)]
+            buckets = every[r.R_DURATION : r.R_DURATION + r.NBUCKETS]
+            service.add_histogram((), list(itertools.accumulate(buckets)), every[r.R_SUM] / 1e9)
         for route, (cpu_ns, wall_ns, held_ns) in cpu_by_route.items():
             cpu.add((route,), cpu_ns / 1e9)
             cpu_wall.add((route,), wall_ns / 1e9)
