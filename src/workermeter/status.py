@@ -92,7 +92,7 @@ class Recorded:
 
     key: tuple[int, float, float, int, int]  # rows written, the range, the minute
     rows: list[dict[str, Any]]
-    busiest: list[h.Row]  # of the range's recorded minutes
+    busiest: list[h.Row]  # of the range's recorded minutes, one more than shown
     routes: dict[str, list[int]]  # of the range's hours that have ended
     suggestion: dict[str, Any]
 
@@ -156,7 +156,10 @@ class Status:
             i = round((under_way.start - math.floor(start / step) * step) / step)
             if step == 60 and 0 <= i < len(rows):  # its earlier part, if any, is in it
                 rows = [*rows[:i], under_way.as_dict(), *rows[i + 1 :]]
-            busiest = h.busiest([*busiest, under_way], BUSIEST)
+            # The file's part of the minute under way is in it: not twice in the ranking.
+            earlier = [row for row in busiest if row.start != under_way.start]
+            busiest = h.busiest([*earlier, under_way], BUSIEST)
+        busiest = busiest[:BUSIEST]
         if file is not None and end > now - 3600:
             self._routes_under_way(snap, routes)
         return {
@@ -199,7 +202,7 @@ class Status:
         self._kept = Recorded(
             key=key,
             rows=[row.as_dict() for row in rows],
-            busiest=h.busiest(minutes, BUSIEST),
+            busiest=h.busiest(minutes, BUSIEST + 1),  # one more, for the minute under way
             routes=routes,
             suggestion=self._suggestion(file, None if start < oldest else minutes, start, end),
         )
