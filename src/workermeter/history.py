@@ -354,11 +354,14 @@ class Row:
 
     @property
     def utilisation(self) -> float | None:
-        """Event-loop utilisation for async workers, else busy slot-time over capacity."""
-        if self._v(LOOP_OBSERVED_NS):
-            return self._v(LOOP_BUSY_NS) / self._v(LOOP_OBSERVED_NS)
-        capacity = self._v(CAPACITY_NS)
-        return self._v(BUSY_NS) / capacity if capacity else None
+        """Event-loop utilisation for async workers, else busy slot-time over capacity. (Read
+        from the words directly: the busiest of 8 days of minutes ranks 11,520 rows by it.)"""
+        v = self.values
+        if v is None:
+            return None
+        if v[LOOP_OBSERVED_NS]:
+            return v[LOOP_BUSY_NS] / v[LOOP_OBSERVED_NS]
+        return v[BUSY_NS] / v[CAPACITY_NS] if v[CAPACITY_NS] else None
 
     @property
     def busy_slots(self) -> float | None:
@@ -495,6 +498,11 @@ _GAP: dict[str, object] = {
 _GAP["gap"] = True  # a row nobody recorded: every figure unknown, none of them zero
 
 
+def oldest_minute(now: float) -> int:
+    """The start (unix seconds) of the oldest minute row the ring still holds at ``now``."""
+    return (math.floor(now / 60) - MINUTE_ROWS + 1) * 60
+
+
 def rows(file: HistoryFile, start: float, end: float, *, hourly: bool = False) -> Iterator[Row]:
     """Every minute (or hour) that begins in [start, end), unix seconds, gaps included."""
     step = 3600 if hourly else 60
@@ -546,16 +554,12 @@ def busiest(found: Sequence[Row], n: int = 10) -> list[Row]:
     wait; gaps and rows without requests or capacity left out."""
 
     def cheap(row: Row) -> tuple[float, float]:
-        v = row.values
-        assert v is not None
-        if v[LOOP_OBSERVED_NS]:
-            return (v[LOOP_BUSY_NS] / v[LOOP_OBSERVED_NS], v[ALL_BUSY_NS])
-        return (v[BUSY_NS] / v[CAPACITY_NS] if v[CAPACITY_NS] else 0.0, v[ALL_BUSY_NS])
+        return (row.utilisation or 0.0, row.all_busy_seconds)
 
     def key(row: Row) -> tuple[float, float, float]:
         return (*cheap(row), row.queue_wait(0.95) or 0.0)
 
-    ranked = [row for row in found if row.values is not None and (row.requests or cheap(row)[0])]
+    ranked = [row for row in found if not row.gap and (row.requests or row.utilisation)]
     if len(ranked) > n:
         # The queue wait only orders rows tied on the rest: it is worked out for those alone.
         keys = [cheap(row) for row in ranked]

@@ -242,6 +242,19 @@ def start(
     under way, when the interpreter exits."""
     if not enabled():
         return None
+    return _this_process(store_directory, history, thread=True, store=store, wait_first=wait_first)
+
+
+def _this_process(
+    store_directory: str | os.PathLike[str],
+    history: str | os.PathLike[str] | None,
+    *,
+    thread: bool,
+    store: Callable[[], Store] | None = None,
+    wait_first: float = 0.0,
+) -> Candidate:
+    """This process's candidate for the history of ``store_directory``, made at the first call,
+    its thread started with ``thread`` (else something else turns it), stopped at exit."""
     directory = Path(history) if history else history_directory(Path(store_directory))
     key = (os.getpid(), Path(os.path.abspath(directory)))
     with _running_lock:
@@ -250,7 +263,8 @@ def start(
             found = Candidate(store_directory, history=directory, store=store,
                               wait_first=wait_first)  # fmt: skip
             _running[key] = found
-            found.start()
+            if thread:
+                found.start()
             atexit.register(found.stop)
     return found
 
@@ -271,14 +285,7 @@ def on_uwsgi_timer(store_directory: Callable[[], Path]) -> bool:
 
     def turn(_signum: int) -> None:
         try:
-            directory = store_directory()
-            key = (os.getpid(), Path(os.path.abspath(history_directory(directory))))
-            with _running_lock:
-                found = _running.get(key)
-                if found is None:
-                    found = _running[key] = Candidate(directory)
-                    atexit.register(found.stop)
-            found.step()
+            _this_process(store_directory(), None, thread=False).step()
         except Exception:  # the history is worth less than the requests
             log.exception("workermeter: the history writer stopped")
 

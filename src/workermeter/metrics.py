@@ -6,6 +6,7 @@ a test checks that nothing else uses a name that is not declared here.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -354,14 +355,12 @@ def route_detail(value: str | None = None) -> str:
 
     :raises ValueError: for another value, saying which there are.
     """
-    import os
-
     given = value if value is not None else os.environ.get(ENV_ROUTE_DETAIL, "coarse")
     detail = given.strip().lower()
     if detail not in ROUTE_DETAILS:
         raise ValueError(
-            f"{ENV_ROUTE_DETAIL} must be coarse (route and status, 10 buckets a route) or full "
-            f"(method too, {len(BUCKETS)} buckets a route), got {given!r}"
+            f"{ENV_ROUTE_DETAIL} must be coarse (route and status, {len(ROUTE_BUCKETS)} buckets a "
+            f"route) or full (method too, {len(BUCKETS)} buckets a route), got {given!r}"
         )
     return detail
 

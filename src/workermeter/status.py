@@ -191,7 +191,7 @@ class Status:
         rows: list[h.Row] = []
         minutes: list[h.Row] = []  # the range's, within the last 8 days
         routes: dict[str, list[int]] = {}
-        oldest = (minute - h.MINUTE_ROWS + 1) * 60
+        oldest = h.oldest_minute(now)
         if file is not None:
             minutes = h.series(file, max(start, oldest), max(end, oldest), 60)
             if start >= oldest and step > 60 and start % step == 0:

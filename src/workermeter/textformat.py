@@ -203,13 +203,14 @@ def render(families: list[Family], *, openmetrics: bool) -> bytes:
         out.append(f"# HELP {header} {doc}\n# TYPE {header} {f.metric.kind}\n")
         for labels, value in f.values:
             out.append(f"{sample}{_braced(*_label_text(f.metric.labels, labels))} {fmt(value)}\n")
+        bounds = _le(f.metric.buckets)
         for labels, buckets, total in f.histograms:
             before, after = _label_text(f.metric.labels, labels)
             head = f"{name}_bucket{{{before}," if before else f"{name}_bucket{{"
             tail = f",{after}}} " if after else "} "
             out.extend(
                 f'{head}le="{le}"{tail}{fmt(count)}\n'
-                for le, count in zip(_le(f.metric.buckets), buckets, strict=True)
+                for le, count in zip(bounds, buckets, strict=True)
             )
             braced = _braced(before, after)
             out.append(f"{name}_count{braced} {fmt(buckets[-1])}\n")

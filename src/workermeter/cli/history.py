@@ -28,7 +28,7 @@ from .. import status
 from ..capacity import MIB
 from ..measurement import ENV_TOKEN, SourceError, reason
 from . import UsageError
-from .history_span import AROUND, WHEN_FORMS, Span, moment, oldest_minute, span_of, start_of
+from .history_span import AROUND, WHEN_FORMS, Span, moment, span_of, start_of
 
 HELP = "Show a server instance's recorded history: minutes or hours, busiest minutes and routes."
 
@@ -116,7 +116,7 @@ def from_directory(directory: str | None, span: Span, current: float) -> History
         found = h.series(file, span.start, span.end, span.step)
         minutes = found
         if span.step != 60:  # the busiest minutes, from the minute rows still kept
-            oldest = oldest_minute(current)
+            oldest = h.oldest_minute(current)
             minutes = h.series(file, max(span.start, oldest), max(span.end, oldest), 60)
         busiest = h.busiest(minutes, BUSIEST) or h.busiest(found, BUSIEST)
         routes = status.ranked_routes(status.hour_routes(file, span.start, span.end))

@@ -63,11 +63,6 @@ def moment(t: float, zone: datetime.tzinfo | None) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(t, zone).astimezone(zone)
 
 
-def oldest_minute(current: float) -> float:
-    """The start of the oldest minute row the ring still holds at ``current``."""
-    return float((math.floor(current / 60) - h.MINUTE_ROWS + 1) * 60)
-
-
 @dataclass(frozen=True)
 class Span:
     """The rows asked for: those of ``step`` seconds that begin in [start, end), ``mark`` the
@@ -128,7 +123,7 @@ def _future(start: float, current: float, option: str) -> None:
 def _step(args: argparse.Namespace, start: float, end: float, current: float, *,
           minutes: bool = False) -> int:  # fmt: skip
     """Seconds a row: minutes up to MINUTELY_UP_TO while minute rows are kept, else hours."""
-    oldest = oldest_minute(current)
+    oldest = h.oldest_minute(current)
     if minutes or args.minutely:
         if start < oldest:
             raise UsageError(
