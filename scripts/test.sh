@@ -21,6 +21,11 @@ have haproxy || missing+=(haproxy)
 # The status page's browser tests: Chromium without a screen, driven over the DevTools protocol.
 [ -x /usr/bin/chromium-headless-shell ] || missing+=(chromium-headless-shell)
 have caddy || missing+=(caddy)
+# The protobuf exposition is decoded with the official metrics.proto, compiled by protoc.
+[ -f /usr/share/gocode/src/github.com/prometheus/client_model/io/prometheus/client/metrics.proto ] \
+    || missing+=(golang-github-prometheus-client-model-dev)
+have protoc || missing+=(protobuf-compiler)
+[ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 # uWSGI and mod_wsgi are compiled from PyPI by the pip install below.
 have gcc || missing+=(gcc libc6-dev)
 # Node runs the KEDA and prometheus-operator CRD schemas the Kubernetes recipes are checked against.

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeClock, FakeWallClock
-from workermeter import layout
+from workermeter import buckets, layout
 from workermeter.metrics import BUCKETS_NS
 from workermeter.recorder import (
+    FINE_CELLS,
     METHODS,
-    NBUCKETS,
     P_QUEUE,
     P_QUEUE_SUM,
+    P_SERVICE,
     R_DURATION,
+    ROUTE_CELLS,
     ROUTE_VALUES,
     Active,
     Lane,
@@ -27,29 +29,47 @@ from workermeter.recorder import (
 
 MASK = (1 << layout.LEVEL_BITS) - 1
 
-# Every bucket bound, a nanosecond either side, zero, and a power of two of each bit length.
+# Every cell bound, a nanosecond either side, zero, and a power of two of each bit length.
 DURATIONS = sorted(
-    {0, *(b + d for b in BUCKETS_NS for d in (-1, 0, 1)), *(1 << n for n in range(62))}
+    {
+        0,
+        *(b + d for b in buckets.FINE.bounds for d in (-1, 0, 1)),
+        *(1 << n for n in range(62)),
+        *((1 << n) - 1 for n in range(1, 60)),
+    }
 )
 
 
 def record(lane: Lane, route: str, method: str = "GET") -> list[int]:
-    w, base = lane.routes[route][method]
+    w, base, _, _ = lane.routes[route][method]
     return list(w[base : base + ROUTE_VALUES])
 
 
 def test_bucket_walk_is_bisect(recorder: Recorder, clock: FakeClock) -> None:
-    """finish() finds each duration's bucket as bisect_left over the bounds does."""
+    """finish() counts each duration in one cell of the route's record and one of the service
+    time's, those bisect_left over their bounds finds."""
     active = recorder.activate(multithread=False, capacity=1)
     lane = active.lane()
+    start = lane.proc_base + P_SERVICE
+
+    def counts() -> tuple[list[int], list[int]]:
+        route = record(lane, "/d")[R_DURATION : R_DURATION + ROUTE_CELLS] if lane.routes else []
+        return route or [0] * ROUTE_CELLS, list(lane.proc[start : start + FINE_CELLS])
+
     for duration in DURATIONS:
-        route = f"/d{duration}"
+        route_before, service_before = counts()
         t0 = active.begin()
         clock.ns += duration
-        active.finish(lane, route, "GET", status_index(200), t0, None)
-        buckets = record(lane, route)[R_DURATION : R_DURATION + NBUCKETS]
-        assert buckets.index(1) == bisect.bisect_left(BUCKETS_NS, duration), duration
-        assert sum(buckets) == 1
+        active.finish(lane, "/d", "GET", status_index(200), t0, None)
+        route_after, service_after = counts()
+        route_cell = bisect.bisect_left(buckets.ROUTE.bounds, duration)
+        fine_cell = bisect.bisect_left(buckets.FINE.bounds, duration)
+        assert [b - a for a, b in zip(route_before, route_after, strict=True)] == [
+            int(i == route_cell) for i in range(ROUTE_CELLS)
+        ], duration
+        assert [b - a for a, b in zip(service_before, service_after, strict=True)] == [
+            int(i == fine_cell) for i in range(FINE_CELLS)
+        ], duration
 
 
 @pytest.mark.parametrize("ns", [b + d for b in BUCKETS_NS for d in (-1000, 0, 1000)])
@@ -63,9 +83,10 @@ def test_queue_wait_bucket_is_bisect(
     wall_clock.now = start + ns / 1e9
     active.begin(lane, f"t={start}", 2.0, 600.0)
     w, base = lane.proc, lane.proc_base
-    buckets = list(w[base + P_QUEUE : base + P_QUEUE + NBUCKETS])
+    cells = list(w[base + P_QUEUE : base + P_QUEUE + FINE_CELLS])
     wait = int((wall_clock.now - start) * 1e9)
-    assert buckets.index(1) == bisect.bisect_left(BUCKETS_NS, wait)
+    assert cells.index(1) == bisect.bisect_left(buckets.FINE.bounds, wait)
+    assert sum(cells) == 1
     assert w[base + P_QUEUE_SUM] == wait
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from workermeter import layout
 from workermeter import store as s
-from workermeter.recorder import ROUTE_VALUES, Recorder, status_index
+from workermeter.recorder import PROCESS_VALUES, ROUTE_VALUES, Recorder, status_index
 from workermeter.snapshot import Snapshot
 
 
@@ -355,4 +355,6 @@ def test_routes_past_the_limit_do_not_grow_the_store(tmp_path: Path) -> None:
     active = rec.active
     assert active is not None
     assert len(active.lane().routes) == 4
-    assert active.region.header[layout.H_USED] < layout.FIRST_RECORD + 4 * 100
+    # The process record and 4 route records, each with its header and key
+    room = PROCESS_VALUES + layout.RECORD_HEADER + 4 * (ROUTE_VALUES + layout.RECORD_HEADER + 2)
+    assert active.region.header[layout.H_USED] <= layout.FIRST_RECORD + room

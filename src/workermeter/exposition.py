@@ -9,7 +9,9 @@ from operator import add
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from . import buckets as b
 from . import metrics as m
+from . import protobuf
 from . import recorder as r
 from .access import allowed as allowed
 from .access import private_client as private_client
@@ -30,6 +32,7 @@ from .textformat import (
     KEEPS_NAMES,
     Families,
     Family,
+    Native,
     encode_with_client,
     negotiate,
     render,
@@ -45,13 +48,23 @@ def _names_of(metric: m.Metric) -> set[str]:
     return {metric.name, *m.sample_names(metric)}
 
 
-# Where each bound of ROUTE_BUCKETS, and +Inf, is among the store's buckets.
-_ROUTE_AT = (*(m.BUCKETS.index(b) for b in m.ROUTE_BUCKETS), len(m.BUCKETS))
+# Where each bound of ROUTE_BUCKETS, and +Inf, is among the classic buckets.
+_ROUTE_AT = (*(m.BUCKETS.index(x) for x in m.ROUTE_BUCKETS), len(m.BUCKETS))
 
 
-def _histogram(values: list[int], start: int) -> list[int]:
-    """Cumulative bucket counts, +Inf last, from a record's per-bucket counts."""
-    return list(itertools.accumulate(values[start : start + r.NBUCKETS]))
+def _native(partition: b.Partition, cells: list[int]) -> Native:
+    zero, buckets = partition.native(cells)
+    return Native(partition.schema, b.ZERO_THRESHOLD, zero, buckets)
+
+
+def _process(snap: Snapshot) -> list[int]:
+    """The process records' values added up, padded to their length."""
+    values = snap.records.get((PROCESS, ""), [])
+    return values + [0] * (r.PROCESS_VALUES - len(values))
+
+
+def _cells(snap: Snapshot, start: int) -> list[int]:
+    return _process(snap)[start : start + r.FINE_CELLS]
 
 
 class StoreCollector:
@@ -82,12 +95,13 @@ class StoreCollector:
         """The metric families as ``prometheus_client`` ones."""
         return Families(self.families()).collect()
 
-    def families(self) -> list[Family]:
-        """Every metric family, read from the store now."""
+    def families(self, *, native: bool = False) -> list[Family]:
+        """Every metric family, read from the store now; with ``native``, each histogram
+        with its native buckets too."""
         snap = self._store().collect()
         return [
-            *self._requests(snap),
-            *self._process_records(snap),
+            *self._requests(snap, native),
+            *self._process_records(snap, native),
             *self._workers(snap),
             *self._usage(snap.workers),
             *self._backlog(snap.workers),
@@ -105,7 +119,7 @@ class StoreCollector:
                         limit.add((listener.address,), listener.limit)
         return [backlog, limit]
 
-    def _requests(self, snap: Snapshot) -> list[Family]:
+    def _requests(self, snap: Snapshot, native: bool) -> list[Family]:
         """The routes' families. At the coarse route detail a route's methods are added up and
         its histogram keeps the bounds of ``ROUTE_BUCKETS``; the service time of all routes
         keeps every bound, whatever the detail."""
@@ -136,14 +150,24 @@ class StoreCollector:
             for status, count in zip(r.STATUS_CLASSES, values, strict=False):
                 if count:
                     requests.add((*labels, status), count)
-            cumulative = _histogram(values, r.R_DURATION)
+            cells = values[r.R_DURATION : r.R_DURATION + r.ROUTE_CELLS]
+            cumulative = b.ROUTE.cumulative(cells)
             if not full:
                 cumulative = [cumulative[i] for i in _ROUTE_AT]
-            duration.add_histogram(labels, cumulative, values[r.R_SUM] / 1e9)
-        if by_route:  # all routes' buckets and sums, added up column by column
-            every = [sum(c) for c in zip(*by_route.values(), strict=False)]
-            buckets = every[r.R_DURATION : r.R_DURATION + r.NBUCKETS]
-            service.add_histogram((), list(itertools.accumulate(buckets)), every[r.R_SUM] / 1e9)
+            duration.add_histogram(
+                labels,
+                cumulative,
+                values[r.R_SUM] / 1e9,
+                _native(b.ROUTE, cells) if native else None,
+            )
+        if by_route:  # in fine cells per lane; the sum is the routes'
+            cells = _cells(snap, r.P_SERVICE)
+            service.add_histogram(
+                (),
+                b.FINE.cumulative(cells),
+                sum(values[r.R_SUM] for values in by_route.values()) / 1e9,
+                _native(b.FINE, cells) if native else None,
+            )
         for route, (cpu_ns, wall_ns, held_ns) in cpu_by_route.items():
             cpu.add((route,), cpu_ns / 1e9)
             cpu_wall.add((route,), wall_ns / 1e9)
@@ -151,11 +175,16 @@ class StoreCollector:
                 held.add((route,), held_ns / 1e9)
         return [requests, duration, service, cpu, cpu_wall, held]
 
-    def _process_records(self, snap: Snapshot) -> list[Family]:
-        values = snap.records.get((PROCESS, ""), [])
-        values = values + [0] * (r.PROCESS_VALUES - len(values))  # written by an older version
+    def _process_records(self, snap: Snapshot, native: bool) -> list[Family]:
+        values = _process(snap)
         wait = Family(m.QUEUE_WAIT)
-        wait.add_histogram((), _histogram(values, r.P_QUEUE), values[r.P_QUEUE_SUM] / 1e9)
+        cells = values[r.P_QUEUE : r.P_QUEUE + r.FINE_CELLS]
+        wait.add_histogram(
+            (),
+            b.FINE.cumulative(cells),
+            values[r.P_QUEUE_SUM] / 1e9,
+            _native(b.FINE, cells) if native else None,
+        )
         skew = Family(m.QUEUE_SKEW)
         skew.add((), values[r.P_SKEW])
         rejected = Family(m.QUEUE_REJECTED)
@@ -168,7 +197,13 @@ class StoreCollector:
         uploads = Family(m.QUEUE_UPLOADS)
         uploads.add((), values[r.P_UPLOADS])
         lag = Family(m.LOOP_LAG)
-        lag.add_histogram((), _histogram(values, r.P_LAG), values[r.P_LAG_SUM] / 1e9)
+        cells = values[r.P_LAG : r.P_LAG + r.FINE_CELLS]
+        lag.add_histogram(
+            (),
+            b.FINE.cumulative(cells),
+            values[r.P_LAG_SUM] / 1e9,
+            _native(b.FINE, cells) if native else None,
+        )
         return [wait, skew, rejected, uploads, disconnects, websockets, lag]
 
     def _workers(self, snap: Snapshot) -> list[Family]:
@@ -266,12 +301,15 @@ class Exposition:
         self.collector = StoreCollector(store, route_detail=route_detail)
 
     def render(self, accept: str | None, names: Collection[str] | None = None) -> tuple[bytes, str]:
-        """The body and its content type: OpenMetrics or the Prometheus text format. ``names``
-        keeps only the metrics with a sample of one of those names."""
-        families = self.collector.families()
+        """The body and its content type: OpenMetrics, the Prometheus text format, or its
+        protobuf format with native histograms. ``names`` keeps only the metrics with a sample
+        of one of those names."""
+        chosen = negotiate(accept)
+        families = self.collector.families(native=chosen.protobuf)
         if names is not None:
             families = [f for f in families if not _names_of(f.metric).isdisjoint(names)]
-        chosen = negotiate(accept)
+        if chosen.protobuf:
+            return protobuf.encode(families), chosen.content_type
         if chosen.escaping not in KEEPS_NAMES:  # rare: left to prometheus_client
             return encode_with_client(families, accept), chosen.content_type
         return render(families, openmetrics=chosen.openmetrics), chosen.content_type

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import buckets
 from . import history as h
 from . import recorder as r
 from .layout import L_BUSY, L_OBSERVED, PROCESS, ROUTE
@@ -95,11 +96,11 @@ def totals(snap: Snapshot, wall_ns: int) -> Totals:
     if found:  # the routes added up column by column
         sums = [sum(column) for column in zip(*found, strict=False)]  # all padded to length
         t.requests = sums[:6]
-        t.service = sums[r.R_DURATION : r.R_DURATION + r.NBUCKETS]
+        t.service = buckets.ROUTE.classic(sums[r.R_DURATION : r.R_DURATION + r.ROUTE_CELLS])
         t.service_sum, t.cpu, t.cpu_wall = sums[r.R_SUM], sums[r.R_CPU], sums[r.R_CPU_WALL]
     process = snap.records.get((PROCESS, ""), [])
     process = process + [0] * (r.PROCESS_VALUES - len(process))
-    t.queue = process[r.P_QUEUE : r.P_QUEUE + r.NBUCKETS]
+    t.queue = buckets.FINE.classic(process[r.P_QUEUE : r.P_QUEUE + r.FINE_CELLS])
     t.queue_sum = process[r.P_QUEUE_SUM]
     live = {w.slot: w.capacity for w in snap.workers}
     for slot, above in snap.levels.items():

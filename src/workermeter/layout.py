@@ -17,7 +17,7 @@ from pathlib import Path
 
 log = logging.getLogger("workermeter")
 
-MAGIC = int.from_bytes(b"WMSTORE2", "little")
+MAGIC = int.from_bytes(b"WMSTORE3", "little")
 CHUNK_BYTES = 1 << 20
 CHUNK_WORDS = CHUNK_BYTES // 8
 

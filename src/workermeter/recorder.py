@@ -9,7 +9,6 @@ for single-threaded workers and event loops there is none.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -18,7 +17,7 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
-from . import layout
+from . import buckets, layout
 from . import store as _store
 from .listeners import own_listening_inodes
 from .metrics import BUCKETS_NS
@@ -26,29 +25,32 @@ from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE, parse_timestamp, q
 
 log = logging.getLogger("workermeter")
 
-NBUCKETS = len(BUCKETS_NS) + 1  # the last one is +Inf
+NBUCKETS = len(BUCKETS_NS) + 1  # a classic histogram's buckets, +Inf last
+FINE_CELLS = buckets.FINE.cells  # a histogram's cells in a PROCESS record (buckets.py)
+ROUTE_CELLS = buckets.ROUTE.cells  # a route's, in a ROUTE record
 
 # ROUTE record values.
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
-R_DURATION = len(STATUS_CLASSES)
-R_SUM = R_DURATION + NBUCKETS
+R_DURATION = len(STATUS_CLASSES)  # ROUTE_CELLS cells
+R_SUM = R_DURATION + ROUTE_CELLS
 R_CPU = R_SUM + 1
 R_CPU_WALL = R_CPU + 1
 R_HELD = R_CPU_WALL + 1  # event-loop time held by the sampled requests' own steps (async)
 ROUTE_VALUES = R_HELD + 1
 
 # PROCESS record values (one record per lane).
-P_QUEUE = 0
-P_QUEUE_SUM = P_QUEUE + NBUCKETS
+P_QUEUE = 0  # FINE_CELLS cells
+P_QUEUE_SUM = P_QUEUE + FINE_CELLS
 P_SKEW = P_QUEUE_SUM + 1
 REJECT_REASONS = (UNPARSABLE, FUTURE, TOO_OLD)
 P_REJECTED = P_SKEW + 1
 P_DISCONNECTS = P_REJECTED + len(REJECT_REASONS)
 P_WEBSOCKETS = P_DISCONNECTS + 1
 P_UPLOADS = P_WEBSOCKETS + 1
-P_LAG = P_UPLOADS + 1
-P_LAG_SUM = P_LAG + NBUCKETS
-PROCESS_VALUES = P_LAG_SUM + 1
+P_LAG = P_UPLOADS + 1  # FINE_CELLS cells
+P_LAG_SUM = P_LAG + FINE_CELLS
+P_SERVICE = P_LAG_SUM + 1  # FINE_CELLS cells of every route's service time; the sum is the routes'
+PROCESS_VALUES = P_SERVICE + FINE_CELLS
 
 METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
@@ -59,13 +61,13 @@ CPU_SAMPLE = 16  # by default 1 request in 16 has its CPU time measured
 UNMATCHED = "<unmatched>"
 OTHER = "<other>"
 
-bucket_of = bisect.bisect_left
-# The hot paths find a bucket from the value's bit length: _FIRST_BUCKET[n] is the first bucket
-# that can hold a value of n bits, and at most three bounds lie within one power of two, so a
-# short walk up _BOUNDS (the bounds, then one no value reaches) ends where bisect_left would,
-# for a third of its cost.
-_FIRST_BUCKET = tuple(bucket_of(BUCKETS_NS, 1 << (n - 1) if n else 0) for n in range(65))
-_BOUNDS = (*BUCKETS_NS, 1 << 64)
+# A value's FINE cell, as the hot paths find it: see buckets.py.
+_START = buckets.FINE_START
+_SHIFT = buckets.FINE_SHIFT
+_BASE = buckets.FINE_BASE
+_BOUNDS = buckets.FINE_BOUNDS
+_ROUTE_CELL = buckets.ROUTE_CELL
+fine_cell = buckets.FINE.cell
 _MAX_LEVEL = layout.MAX_LEVEL
 _ENTER = layout.ENTER
 _ABOVE = layout.ABOVE
@@ -103,6 +105,10 @@ def content_longer(length: str | bytes, limit: int) -> bool:
 # Index into STATUS_CLASSES by the first character of a WSGI status line.
 STATUS_BY_DIGIT = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
 
+Slot = tuple[memoryview, int, memoryview, int]
+"""A lane's route record: its view and first value, and the view and first cell of the lane's
+service-time histogram, which every request of the route counts in too."""
+
 
 class Lane:
     """One thread's records: a process record and one record per (route, method).
@@ -116,10 +122,10 @@ class Lane:
     def __init__(self, active: Active, index: int) -> None:
         self.active = active
         self.index = index
-        # route -> method -> (view, first value): two lookups of strings whose hashes are
-        # cached, cheaper than building and hashing a (route, method) key per request. Only the
-        # methods of METHODS are keys; any other finds no record and goes to route_record.
-        self.routes: dict[str, dict[str, tuple[memoryview, int]]] = {}
+        # route -> method -> Slot: two lookups of strings whose hashes are cached, cheaper than
+        # building and hashing a (route, method) key per request. Only the methods of METHODS
+        # are keys; any other finds no record and goes to route_record.
+        self.routes: dict[str, dict[str, Slot]] = {}
         # cpu_sample 0 starts the countdown at -1: it never reaches zero.
         self.countdown = active.cpu_sample or -1
         self.proc, self.proc_base = active.allocate(layout.PROCESS, "", index, PROCESS_VALUES)
@@ -129,7 +135,7 @@ class Lane:
         w, base = self.proc, self.proc_base
         if wait is not None:
             ns = int(wait * 1e9)
-            w[base + bucket_of(BUCKETS_NS, ns)] += 1
+            w[base + P_QUEUE + fine_cell(ns)] += 1
             w[base + P_QUEUE_SUM] += ns
             if problem is SKEW:
                 w[base + P_SKEW] += 1
@@ -146,10 +152,12 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base = slot
+        w, base, proc, service = slot
         w[base + status] += 1
-        w[base + R_DURATION + bucket_of(BUCKETS_NS, duration)] += 1
+        cell = fine_cell(duration)
+        w[base + R_DURATION + _ROUTE_CELL[cell]] += 1
         w[base + R_SUM] += duration
+        proc[service + cell] += 1
         if cpu is not None:
             w[base + R_CPU] += cpu
             w[base + R_CPU_WALL] += duration
@@ -162,7 +170,7 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base = slot
+        w, base, _, _ = slot
         w[base + R_CPU] += cpu
         w[base + R_CPU_WALL] += duration
         w[base + R_HELD] += held
@@ -171,7 +179,7 @@ class Lane:
         """Record how late the event loop ran a callback that was due."""
         ns = int(seconds * 1e9)
         w, base = self.proc, self.proc_base
-        w[base + P_LAG + bucket_of(BUCKETS_NS, ns)] += 1
+        w[base + P_LAG + fine_cell(ns)] += 1
         w[base + P_LAG_SUM] += ns
 
     def count(self, offset: int) -> None:
@@ -237,7 +245,7 @@ class Active:
         weakref.finalize(holder, self._free.append, lane.index)
         return lane
 
-    def route_record(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
+    def route_record(self, lane: Lane, route: str, method: str) -> Slot:
         """A lane's record for a route, allocated on first use.
 
         Methods outside METHODS share one ``OTHER`` record and are not remembered. Past
@@ -261,8 +269,9 @@ class Active:
             return slot
         return self._allocate(lane, route, method)
 
-    def _allocate(self, lane: Lane, route: str, method: str) -> tuple[memoryview, int]:
-        slot = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
+    def _allocate(self, lane: Lane, route: str, method: str) -> Slot:
+        view, base = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
+        slot = (view, base, lane.proc, lane.proc_base + P_SERVICE)
         lane.routes.setdefault(route, {})[method] = slot
         return slot
 
@@ -307,11 +316,12 @@ class Active:
             at = parse_timestamp(start)
             if at is not None and 0.0 <= wall - at <= max_age:  # the common case, no detour
                 ns = ((wall - at) * 1e9).__trunc__()  # int() of a float, without the type call
-                i = _FIRST_BUCKET[ns.bit_length()]
+                bl = ns.bit_length()
+                i = _START[(ns >> _SHIFT[bl]) + _BASE[bl]]
                 while ns > _BOUNDS[i]:
                     i += 1
                 w, base = lane.proc, lane.proc_base
-                w[base + i] += 1
+                w[base + i] += 1  # P_QUEUE is 0
                 w[base + P_QUEUE_SUM] += ns
             else:
                 lane.queue_wait(*queue_wait_one(start, wall, max_skew=max_skew, max_age=max_age))
@@ -384,13 +394,15 @@ class Active:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.route_record(lane, route, method)
-        w, base = slot
+        w, base, proc, service = slot
         w[base + status] += 1
-        i = _FIRST_BUCKET[duration.bit_length()]
+        bl = duration.bit_length()
+        i = _START[(duration >> _SHIFT[bl]) + _BASE[bl]]
         while duration > _BOUNDS[i]:
             i += 1
-        w[base + R_DURATION + i] += 1
+        w[base + R_DURATION + _ROUTE_CELL[i]] += 1
         w[base + R_SUM] += duration
+        proc[service + i] += 1
         if cpu0 is not None:
             w[base + R_CPU] += self._cpu_clock() - cpu0
             w[base + R_CPU_WALL] += duration

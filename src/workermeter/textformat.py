@@ -55,20 +55,39 @@ def _le(bounds: tuple[float, ...]) -> tuple[str, ...]:
 
 
 class Format(NamedTuple):
-    """What a scrape gets: its content type, whether it is OpenMetrics, and the name escaping."""
+    """What a scrape gets: its content type, whether it is OpenMetrics, and the name escaping;
+    or Prometheus's protobuf format, with native histograms."""
 
     content_type: str
     openmetrics: bool
     escaping: str
+    protobuf: bool = False
+
+
+PROTOBUF = Format(
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited",
+    False,
+    "underscores",
+    True,
+)
 
 
 def negotiate(accept: str | None) -> Format:
     """The format for a scrape's Accept header, chosen as ``prometheus_client`` chooses: the
-    first OpenMetrics or text media type of version 1.0.0 or later, else the text format 0.0.4.
+    first OpenMetrics or text media type of version 1.0.0 or later, else the text format 0.0.4;
+    Prometheus's delimited protobuf format where it comes first (``prometheus_client`` does not
+    write it), as a Prometheus that takes native histograms asks.
     """
     for accepted in (accept or "").split(","):
         media, *params = accepted.split(";")
         media = media.strip()
+        if media == "application/vnd.google.protobuf":
+            if (
+                _param(params, "proto") == "io.prometheus.client.MetricFamily"
+                and _param(params, "encoding") == "delimited"
+            ):
+                return PROTOBUF
+            continue
         if media not in ("application/openmetrics-text", "text/plain"):
             continue
         version = _param(params, "version")
@@ -103,21 +122,40 @@ def _at_least_1(version: str) -> bool:
         return False
 
 
+class Native(NamedTuple):
+    """A native histogram's buckets: its schema, the zero bucket's threshold and count, and the
+    (index, count) of each bucket above it that holds any value, in order of index."""
+
+    schema: int
+    zero_threshold: float
+    zero_count: int
+    buckets: list[tuple[int, int]]
+
+
 @dataclass
 class Family:
     """The samples of one declared metric: ``values`` for counters and gauges, ``histograms``
-    (cumulative bucket counts ending with +Inf, and the sum) for histograms; each keyed by its
-    label values in the order of the metric's labels."""
+    (cumulative bucket counts ending with +Inf, the sum, and the native buckets when they were
+    asked for) for histograms; each keyed by its label values in the order of the metric's
+    labels."""
 
     metric: m.Metric
     values: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
-    histograms: list[tuple[tuple[str, ...], list[int], float]] = field(default_factory=list)
+    histograms: list[tuple[tuple[str, ...], list[int], float, Native | None]] = field(
+        default_factory=list
+    )
 
     def add(self, labels: tuple[str, ...], value: float) -> None:
         self.values.append((labels, value))
 
-    def add_histogram(self, labels: tuple[str, ...], buckets: list[int], total: float) -> None:
-        self.histograms.append((labels, buckets, total))
+    def add_histogram(
+        self,
+        labels: tuple[str, ...],
+        buckets: list[int],
+        total: float,
+        native: Native | None = None,
+    ) -> None:
+        self.histograms.append((labels, buckets, total, native))
 
 
 def to_client(f: Family) -> Metric:
@@ -134,7 +172,7 @@ def to_client(f: Family) -> Metric:
     if kind == "histogram":
         hist = HistogramMetricFamily(f.metric.name, f.metric.help, labels=names, unit=unit)
         le = _le(f.metric.buckets)
-        for labels, buckets, total in f.histograms:
+        for labels, buckets, total, _ in f.histograms:
             hist.add_metric(list(labels), list(zip(le, buckets, strict=True)), total)
         return hist
     family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
@@ -204,7 +242,7 @@ def render(families: list[Family], *, openmetrics: bool) -> bytes:
         for labels, value in f.values:
             out.append(f"{sample}{_braced(*_label_text(f.metric.labels, labels))} {fmt(value)}\n")
         bounds = _le(f.metric.buckets)
-        for labels, buckets, total in f.histograms:
+        for labels, buckets, total, _ in f.histograms:
             before, after = _label_text(f.metric.labels, labels)
             head = f"{name}_bucket{{{before}," if before else f"{name}_bucket{{"
             tail = f",{after}}} " if after else "} "
