@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -40,6 +41,8 @@ def count(group: str, name: str, n: int) -> int:
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
              sys.executable, str(script), group, name, str(n)],
             capture_output=True, text=True, check=True,
+            # A fixed hash seed: with a random one, a count moves by a few hundred between runs.
+            env={**os.environ, "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "0")},
         )  # fmt: skip
     found = re.search(r"Collected : (\d+)", run.stderr)
     if found is None:

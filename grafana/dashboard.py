@@ -77,8 +77,8 @@ def _sum_rate(series: str, labels: Sequence[str]) -> str:
     return q.sum_rate(series, labels, SELECTOR, WINDOW)
 
 
-def _quantile(quantile: str, series: str, labels: Sequence[str]) -> str:
-    return f"histogram_quantile({quantile}, {_sum_rate(series, (*labels, 'le'))})"
+def _quantile(quantile: str, metric: m.Metric, labels: Sequence[str]) -> str:
+    return q.histogram_quantile(quantile, metric, labels, SELECTOR, WINDOW)
 
 
 def _recorded(series: str, instance: bool = False) -> str:
@@ -95,7 +95,7 @@ TARGETS = ((r.Settings().loop_target, "orange"), (r.Settings().target, "red"))
 
 
 def keeping_up() -> Row:
-    wait = q.name(m.QUEUE_WAIT, "_bucket")
+    wait = m.QUEUE_WAIT
     return Row(
         "Are the workers keeping up?",
         (
@@ -399,7 +399,7 @@ def event_loops() -> Row:
                 "s",
                 (
                     Query(
-                        _quantile("0.99", q.name(m.LOOP_LAG, "_bucket"), ("instance",)),
+                        _quantile("0.99", m.LOOP_LAG, ("instance",)),
                         "{{instance}} p99",
                     ),
                 ),
@@ -410,7 +410,7 @@ def event_loops() -> Row:
 
 
 def where_time_goes() -> Row:
-    duration = q.name(m.DURATION, "_sum")
+    duration = m.DURATION
     return Row(
         "Where does the time go?",
         (
@@ -421,8 +421,9 @@ def where_time_goes() -> Row:
                 "percentunit",
                 (
                     Query(
-                        f"{_sum_rate(duration, ('job', 'route'))}\n"
-                        f"  / on (job) group_left {_sum_rate(duration, ('job',))}",
+                        f"{q.histogram_sum_rate(duration, ('job', 'route'), SELECTOR, WINDOW)}\n"
+                        f"  / on (job) group_left () "
+                        f"{q.histogram_sum_rate(duration, ('job',), SELECTOR, WINDOW)}",
                         "{{route}}",
                     ),
                 ),
@@ -438,14 +439,14 @@ def where_time_goes() -> Row:
                 "s",
                 tuple(
                     Query(
-                        _quantile(quantile, q.name(m.DURATION, "_bucket"), ("route",)),
+                        _quantile(quantile, m.DURATION, ("route",)),
                         f"{{{{route}}}} p{float(quantile) * 100:g}",
                     )
                     for quantile in ("0.5", "0.95")
                 )
                 + tuple(
                     Query(
-                        _quantile(quantile, q.name(m.SERVICE_TIME, "_bucket"), ("job",)),
+                        _quantile(quantile, m.SERVICE_TIME, ("job",)),
                         f"all routes p{float(quantile) * 100:g}",
                     )
                     for quantile in ("0.5", "0.95")

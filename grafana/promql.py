@@ -45,6 +45,49 @@ def sum_rate(series: str, labels: Sequence[str], selector: str, window: str) -> 
     return f"sum {by(labels)} ({rate(series, selector, window)})"
 
 
+# A histogram is stored by a Prometheus as classic series (``_bucket`` by ``le``, ``_sum``,
+# ``_count``) or, when it takes native histograms and scrapes the protobuf format, as one native
+# series of the metric's own name. The queries below ask for the classic series or else the
+# native one: whichever the Prometheus has.
+
+
+def native(metric: m.Metric) -> str:
+    """The native series of a histogram."""
+    if metric.kind != "histogram":
+        raise ValueError(f"{metric.name} is a {metric.kind}, not a histogram")
+    return metric.name
+
+
+def histogram_quantile(
+    quantile: str, metric: m.Metric, labels: Sequence[str], selector: str, window: str
+) -> str:
+    """The ``quantile`` of a histogram over ``window``, by ``labels``, of either kind."""
+    classic = sum_rate(name(metric, "_bucket"), (*labels, "le"), selector, window)
+    return (
+        f"histogram_quantile({quantile}, {classic})\n"
+        f"or\nhistogram_quantile({quantile}, {sum_rate(native(metric), labels, selector, window)})"
+    )
+
+
+def histogram_sum_rate(
+    metric: m.Metric, labels: Sequence[str], selector: str, window: str, part: str = "sum"
+) -> str:
+    """The rate of a histogram's sum (or, with ``part="count"``, of its count) by ``labels``,
+    of either kind."""
+    classic = sum_rate(name(metric, f"_{part}"), labels, selector, window)
+    native_ = f"sum {by(labels)} (histogram_{part}({rate(native(metric), selector, window)}))"
+    return f"(\n  {classic}\n  or\n  {native_}\n)"
+
+
+def histogram_buckets_rate(
+    metric: m.Metric, labels: Sequence[str], selector: str, window: str
+) -> str:
+    """The rate of a histogram's buckets by ``labels``: the classic ones by ``le`` too, or the
+    native histogram; ``histogram_quantile`` reads either."""
+    classic = sum_rate(name(metric, "_bucket"), (*labels, "le"), selector, window)
+    return f"{classic}\nor\n{sum_rate(native(metric), labels, selector, window)}"
+
+
 def ceil_forgiving(x: str) -> str:
     """``ceil`` of ``x`` that, like ``capacity._ceil``, ignores float noise above an integer."""
     return f"ceil({x} * {CEIL_FORGIVE})"
@@ -182,7 +225,7 @@ def blocking_routes(selector: str, window: str, loop_busy_job: str, not_cpu: flo
     held = sum_rate(counter(m.LOOP_HELD), labels, selector, window)
     cpu = sum_rate(counter(m.CPU), labels, selector, window)
     wall = sum_rate(counter(m.CPU_WALL), labels, selector, window)
-    served = sum_rate(name(m.DURATION, "_sum"), labels, selector, window)
+    served = histogram_sum_rate(m.DURATION, labels, selector, window)
     return (
         f"clamp(\n  ({held}\n    - {cpu})\n  / ({wall} > 0)\n  * {served}\n"
         f"  / on (job) group_left () ({loop_busy_job} > 0),\n  0, 1)\n"

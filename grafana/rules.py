@@ -149,8 +149,9 @@ def recording_rules(s: Settings) -> list[Record]:
         Record(REQUESTS_JOB, f"sum by (job) ({REQUESTS_INSTANCE})"),
         Record(
             WAIT_BUCKETS_INSTANCE,
-            q.sum_rate(q.name(m.QUEUE_WAIT, "_bucket"), (*INSTANCE, "le"), "", w),
+            q.histogram_buckets_rate(m.QUEUE_WAIT, INSTANCE, "", w),
         ),
+        # By le for classic buckets; a native histogram has no le, and is summed by job alone.
         Record(WAIT_BUCKETS_JOB, f"sum by (job, le) ({WAIT_BUCKETS_INSTANCE})"),
     ]
     for quantile in QUANTILES:

@@ -386,8 +386,9 @@ def find_prometheus() -> str:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, config: Path) -> Iterator[Server]:
-    """A real Prometheus on 127.0.0.1 with ``config``, its data under ``tmp_path``."""
+def prometheus(tmp_path: Path, config: Path, *, native: bool = False) -> Iterator[Server]:
+    """A real Prometheus on 127.0.0.1 with ``config``, its data under ``tmp_path``; with
+    ``native``, one that takes native histograms (it then scrapes the protobuf format)."""
     binary = find_prometheus()
 
     def argv(port: int) -> list[str]:
@@ -397,6 +398,7 @@ def prometheus(tmp_path: Path, config: Path) -> Iterator[Server]:
             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{port}",
             "--log.level=warn",
+            *(["--enable-feature=native-histograms"] if native else []),
         ]
 
     server = launch(
@@ -422,6 +424,13 @@ class PrometheusAPI:
                 f"{path} {params}: {r.status_code} {r.text[:500]}"
             )
             return body["data"]
+
+    def histograms(self, expr: str, at: float) -> list[tuple[dict[str, str], dict[str, Any]]]:
+        """The native histograms ``expr`` gives: each one's labels, and its count, sum and
+        buckets (each ``[boundary rule, lower, upper, count]``, as strings)."""
+        data = self.get("/api/v1/query", query=expr, time=f"{at:.3f}")
+        assert data["resultType"] == "vector", expr
+        return [(s["metric"], s["histogram"][1]) for s in data["result"] if "histogram" in s]
 
     def query(self, expr: str, at: float) -> list[tuple[dict[str, str], float]]:
         data = self.get("/api/v1/query", query=expr, time=f"{at:.3f}")

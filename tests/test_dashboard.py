@@ -30,7 +30,7 @@ ROWS = (
     "Memory",
     "Health of the meter",
 )
-DECLARED = {name for metric in metrics.METRICS for name in metrics.sample_names(metric)}
+DECLARED = {name for metric in metrics.METRICS for name in metrics.series_names(metric)}
 VARIABLES = {"$job", "$instance", "$__rate_interval"}
 
 

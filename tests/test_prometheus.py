@@ -36,12 +36,13 @@ import pytest
 import requests
 
 import servers
+from workermeter import metrics
 from workermeter.capacity import LoopDemand, Machine, Workload, suggest
 
 if str(servers.ROOT) not in sys.path:  # `pytest` without `python -m`: build code at the root
     sys.path.insert(0, str(servers.ROOT))
 
-from grafana import dashboard, render, rules
+from grafana import dashboard, promql, render, rules
 
 HANDLER = 0.050  # seconds each request sleeps
 WINDOW = "10s"  # rule windows and $__rate_interval
@@ -92,12 +93,12 @@ scrape_configs:
 
 
 @contextlib.contextmanager
-def prometheus(tmp_path: Path, ports: dict[str, int]) -> Iterator[servers.Server]:
+def prometheus(tmp_path: Path, ports: dict[str, int], native: bool) -> Iterator[servers.Server]:
     rules_file = tmp_path / "rules.yml"
     rules_file.write_text(rules.render(SETTINGS))
     config = tmp_path / "prometheus.yml"
     config.write_text(PROMETHEUS_CONFIG.format(rules=rules_file, **ports))
-    with servers.prometheus(tmp_path, config) as server:
+    with servers.prometheus(tmp_path, config, native=native) as server:
         yield server
 
 
@@ -166,7 +167,10 @@ class AlertLog:
 # -------------------------------------------------------------------------------------- test
 
 
-def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["classic", "native-histograms"])
+def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path, native: bool) -> None:
+    """The same checks on a Prometheus that stores classic histograms, and on one that takes
+    native histograms (the protobuf format, ``--enable-feature=native-histograms``)."""
     servers.find_prometheus()  # before starting the apps: fail fast without it
     with contextlib.ExitStack() as stack:
         a, a_port = stack.enter_context(metered_gunicorn(tmp_path, "a"))
@@ -180,8 +184,9 @@ def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
         )  # fmt: skip
         assert get(asgi.url + "/sync?ms=1") == 200
         ports = {"a": a_port, "b": b_port, "quiet": quiet_port, "asgi": asgi.port}
-        prom = Prom(stack.enter_context(prometheus(tmp_path, ports)).url)
+        prom = Prom(stack.enter_context(prometheus(tmp_path, ports, native)).url)
         wait_for_scrapes(prom, 4)
+        check_histogram_kind(prom, native, time.time())
 
         # Both phases are laid out on the wall clock up front, and run without a gap.
         t0 = time.time() + 0.5
@@ -211,10 +216,19 @@ def test_dashboard_and_rules_on_a_real_prometheus(tmp_path: Path) -> None:
         check_phase(prom, "high", t_end - 0.5)
         check_suggestion_against_the_model(prom, t_end - 0.5)
         check_event_loop(prom, t_end - 0.5)
-        check_every_query_answers(prom, t_end - 0.5)
+        check_every_query_answers(prom, t_end - 0.5, native)
         check_alerts(prom, alerts, t_low - 0.5, t_end - 0.5)
         if PICTURE:
             draw_picture(prom, t0, t_low, t_end, Path(PICTURE))
+
+
+def check_histogram_kind(prom: Prom, native: bool, at: float) -> None:
+    """Which series the Prometheus keeps: classic ones (``_bucket``, ``_count``, ``_sum``), or
+    one native histogram per histogram and none of those."""
+    for name in ("workermeter_service_time_seconds", "workermeter_queue_wait_seconds"):
+        classic = prom.query(f'{name}_count{{job="app"}}', at)
+        kept = prom.histograms(f'{name}{{job="app"}}', at)
+        assert (len(classic), len(kept)) == ((0, 2) if native else (2, 0)), (name, classic, kept)
 
 
 def check_phase(prom: Prom, phase: str, at: float) -> None:
@@ -245,9 +259,10 @@ def check_phase(prom: Prom, phase: str, at: float) -> None:
     # The same from Prometheus's own rate and mean service time: the busy counter and the
     # duration histogram agree.
     served = prom.one(f'{rules.REQUESTS_JOB}{{job="app"}}', at)
+    app = '{job="app"}'
     mean = prom.one(
-        f'sum(rate(workermeter_request_duration_seconds_sum{{job="app"}}[{WINDOW}]))'
-        f' / sum(rate(workermeter_request_duration_seconds_count{{job="app"}}[{WINDOW}]))',
+        f"{promql.histogram_sum_rate(metrics.DURATION, ('job',), app, WINDOW)}"
+        f" / {promql.histogram_sum_rate(metrics.DURATION, ('job',), app, WINDOW, 'count')}",
         at,
     )
     assert served == pytest.approx(sum(sent.values()), rel=0.05)
@@ -377,8 +392,10 @@ ASYNC_RECORDS = {
 }  # fmt: skip
 
 
-def check_every_query_answers(prom: Prom, at: float) -> None:
-    """Every panel query and every recorded series answers with finite data, without error."""
+def check_every_query_answers(prom: Prom, at: float, native: bool) -> None:
+    """Every panel query and every recorded series answers with finite data, without error;
+    the queue wait's recorded buckets, on a Prometheus that takes native histograms, with native
+    histograms of requests."""
     for row, title, query in dashboard.queries():
         job = "asgi" if row == ASYNC_ROW or query.legend in ASYNC_LEGENDS else "app"
         result = prom.query(substitute(query.expr, job), at)
@@ -387,6 +404,10 @@ def check_every_query_answers(prom: Prom, at: float) -> None:
     assert rules.recorded_names() >= ASYNC_RECORDS
     for name in sorted(rules.recorded_names()):
         job = "asgi" if name in ASYNC_RECORDS else "app"
+        if native and name in (rules.WAIT_BUCKETS_INSTANCE, rules.WAIT_BUCKETS_JOB):
+            kept = prom.histograms(f'{name}{{job="{job}"}}', at)
+            assert kept and all(float(h["count"]) > 0 for _l, h in kept), f"{name}: {kept}"
+            continue
         result = prom.query(f'{name}{{job="{job}"}}', at)
         assert result and all(math.isfinite(v) for _l, v in result), f"{name}: {result}"
         if job == "asgi":  # and none for the sync workers, which run no loop

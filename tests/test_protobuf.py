@@ -77,7 +77,8 @@ def unknown_fields(message: Any) -> list[int]:
     """The numbers of the fields of ``message`` and of its messages that its definition lacks."""
     from google.protobuf.unknown_fields import UnknownFieldSet
 
-    found = [field.field_number for field in UnknownFieldSet(message)]
+    unknown = UnknownFieldSet(message)
+    found = [unknown[i].field_number for i in range(len(unknown))]
     for descriptor, value in message.ListFields():
         if descriptor.message_type is None:
             continue
@@ -108,12 +109,12 @@ def expected_index(seconds: float, schema: int) -> int | None:
     """The native bucket of a value, by Prometheus's definition; None for the zero bucket."""
     if seconds <= buckets.ZERO_THRESHOLD:
         return None
-    return min(math.ceil(math.log2(seconds) * 2**schema), buckets.TOP * 2**schema)
+    return min(math.ceil(math.log2(seconds) * (1 << schema)), buckets.TOP << schema)
 
 
 def near_a_bound(seconds: float) -> bool:
     """Whether float rounding could put a value on either side of a native bound."""
-    x = math.log2(seconds) * 2**buckets.SCHEMA
+    x = math.log2(seconds) * (1 << buckets.SCHEMA)
     return abs(x - round(x)) < 1e-6
 
 

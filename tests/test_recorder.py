@@ -4,10 +4,13 @@ plain code they replace would."""
 from __future__ import annotations
 
 import bisect
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import FakeClock, FakeWallClock
 from workermeter import buckets, layout
@@ -18,6 +21,7 @@ from workermeter.recorder import (
     P_QUEUE,
     P_QUEUE_SUM,
     P_SERVICE,
+    PROCESS_VALUES,
     R_DURATION,
     ROUTE_CELLS,
     ROUTE_VALUES,
@@ -26,6 +30,7 @@ from workermeter.recorder import (
     Recorder,
     status_index,
 )
+from workermeter.request_start import queue_wait_one
 
 MASK = (1 << layout.LEVEL_BITS) - 1
 
@@ -41,7 +46,7 @@ DURATIONS = sorted(
 
 
 def record(lane: Lane, route: str, method: str = "GET") -> list[int]:
-    w, base, _, _ = lane.routes[route][method]
+    w, base, *_ = lane.routes[route][method]
     return list(w[base : base + ROUTE_VALUES])
 
 
@@ -163,3 +168,38 @@ def test_level_word_holds_levels_past_the_recorded_ones(tmp_path: Path) -> None:
             assert active.level == n
             assert level_word(active) & MASK == min(n, MASK)
             assert level_word(active) >> layout.LEVEL_BITS == 2 * (2 * top - n)
+
+
+_NOW = 1_700_000_000.25
+HEADERS = st.one_of(
+    # One number in seconds, ms, us or ns, bare or after t=, around now, in the past or future.
+    st.builds(
+        lambda prefix, ago, unit, dot: prefix + (
+            f"{(_NOW - ago) * unit:.3f}" if dot else str(int((_NOW - ago) * unit))
+        ),
+        st.sampled_from(["", "t="]),
+        st.floats(-5, 900, allow_nan=False),
+        st.sampled_from([1, 1000, 1_000_000, 1_000_000_000]),
+        st.booleans(),
+    ),
+    st.sampled_from(["", "t=", "t=abc", "nan", "inf", "1e9", "t=1700000000.1, t=1700000000.2",
+                     "srv1 t=1700000000.123", "-1700000000", "1" * 50, "t=1.7e9", " 1700000000.1"]),
+    st.text(max_size=30),
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=HEADERS)
+def test_begin_records_what_the_general_path_records(start: str) -> None:
+    """begin()'s written-out parse of one request-start value records what parsing it with
+    request_start and Lane.queue_wait records, whatever the value."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wall = FakeWallClock(_NOW)
+        recorder = Recorder(directory=Path(tmp), clock=FakeClock(), wall_clock=wall)
+        active = recorder.activate(multithread=True, capacity=2)
+        fast, general = active.new_lane(), Lane(active, 99)
+        active.begin(fast, start, 2.0, 600.0)
+        general.queue_wait(*queue_wait_one(start, _NOW, max_skew=2.0, max_age=600.0))
+        assert list(fast.proc[fast.proc_base : fast.proc_base + PROCESS_VALUES]) == list(
+            general.proc[general.proc_base : general.proc_base + PROCESS_VALUES]
+        )

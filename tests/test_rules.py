@@ -34,7 +34,7 @@ PROMETHEUS = ROOT / "integrations" / "prometheus"
 UNIT_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
 ALERTS_DOC = ROOT / "docs" / "alerts.md"
 GIB = 1024 * MIB
-DECLARED = {name for metric in metrics.METRICS for name in metrics.sample_names(metric)}
+DECLARED = {name for metric in metrics.METRICS for name in metrics.series_names(metric)}
 # Outside the contract but standard: Prometheus's own scrape health series.
 PROMETHEUS_SERIES = {"up"}
 

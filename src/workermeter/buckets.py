@@ -96,31 +96,22 @@ ROUTE = Partition(ROUTE_SCHEMA)
 # ROUTE's cell for each of FINE's cells.
 ROUTE_CELL: tuple[int, ...] = (*(ROUTE.cell(b) for b in FINE.bounds), ROUTE.cells - 1)
 
-# The hot paths find a value's FINE cell without bisect: the value's bit length and its next 5
-# bits pick one of 32 parts of its power of two, FINE_START of which is the first cell that part
-# can reach. A part holds at most one bound but rarely (8 native and 3 classic bounds per power
-# of two), so a walk up FINE_BOUNDS from it is one comparison, two now and then:
+# The hot paths find a value's FINE cell without bisect: a value of bit length bl > 6 is split
+# by its next 5 bits into 32 parts of its power of two (smaller values are each their own part),
+# and FINE_START[bl][part] is the first cell the part can reach. A part holds at most one bound
+# but rarely (8 native and 3 classic bounds per power of two), so a walk up FINE_BOUNDS from
+# there is one comparison, two now and then:
 #
 #     bl = ns.bit_length()
-#     i = FINE_START[(ns >> FINE_SHIFT[bl]) + FINE_BASE[bl]]
+#     i = FINE_START[bl][ns >> FINE_SHIFT[bl]]
 #     while ns > FINE_BOUNDS[i]:
 #         i += 1
-_PART_BITS = 5
-_LOW_BITS = _PART_BITS + 1  # values of up to this many bits are their own part
-FINE_SHIFT = tuple(max(bl - _LOW_BITS, 0) for bl in range(65))
-FINE_BASE = tuple(max(bl - _LOW_BITS, 0) << _PART_BITS for bl in range(65))
-
-
-def _starts() -> tuple[int, ...]:
-    starts: dict[int, int] = {}
-    for bl in range(65):
-        low = 1 << (bl - 1) if bl else 0
-        shift = FINE_SHIFT[bl]
-        for part in range(low >> shift, (((1 << bl) - 1) >> shift) + 1):
-            starts[part + FINE_BASE[bl]] = FINE.cell(max(part << shift, low))
-    assert sorted(starts) == list(range(len(starts)))  # every key, once
-    return tuple(starts[key] for key in range(len(starts)))
-
-
-FINE_START = _starts()
+_PARTS = 64  # a part is ns >> FINE_SHIFT[bl], below 64
+FINE_SHIFT = tuple(max(bl - 6, 0) for bl in range(65))
+FINE_START = tuple(
+    tuple(
+        FINE.cell(max(part << FINE_SHIFT[bl], (1 << bl) >> 1)) for part in range(_PARTS)
+    )
+    for bl in range(65)
+)
 FINE_BOUNDS = (*FINE.bounds, 1 << 64)  # one no value reaches ends the walk

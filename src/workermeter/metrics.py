@@ -383,6 +383,14 @@ def sample_names(metric: Metric) -> tuple[str, ...]:
     return (metric.name,)
 
 
+def series_names(metric: Metric) -> tuple[str, ...]:
+    """Every series name a metric can have in a Prometheus: its text format's, and for a
+    histogram the one native series a Prometheus that takes native histograms stores instead."""
+    if metric.kind == "histogram":
+        return (*sample_names(metric), metric.name)
+    return sample_names(metric)
+
+
 def markdown_table() -> str:
     """The contract as the Markdown table in docs/metrics.md (a test keeps the two equal)."""
     rows = ["| series | type | labels | unit | meaning |", "|---|---|---|---|---|"]

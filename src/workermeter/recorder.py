@@ -21,7 +21,15 @@ from . import buckets, layout
 from . import store as _store
 from .listeners import own_listening_inodes
 from .metrics import BUCKETS_NS
-from .request_start import FUTURE, SKEW, TOO_OLD, UNPARSABLE, parse_timestamp, queue_wait_one
+from .request_start import (
+    EPOCH_2000,
+    FUTURE,
+    SKEW,
+    TOO_OLD,
+    UNPARSABLE,
+    queue_wait_one,
+    seconds_of,
+)
 
 log = logging.getLogger("workermeter")
 
@@ -64,9 +72,10 @@ OTHER = "<other>"
 # A value's FINE cell, as the hot paths find it: see buckets.py.
 _START = buckets.FINE_START
 _SHIFT = buckets.FINE_SHIFT
-_BASE = buckets.FINE_BASE
 _BOUNDS = buckets.FINE_BOUNDS
 _ROUTE_CELL = buckets.ROUTE_CELL
+_EPOCH_S = EPOCH_2000
+_EPOCH_MS = EPOCH_2000 * 1e3
 fine_cell = buckets.FINE.cell
 _MAX_LEVEL = layout.MAX_LEVEL
 _ENTER = layout.ENTER
@@ -105,9 +114,9 @@ def content_longer(length: str | bytes, limit: int) -> bool:
 # Index into STATUS_CLASSES by the first character of a WSGI status line.
 STATUS_BY_DIGIT = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
 
-Slot = tuple[memoryview, int, memoryview, int]
-"""A lane's route record: its view and first value, and the view and first cell of the lane's
-service-time histogram, which every request of the route counts in too."""
+Slot = tuple[memoryview, int, int, int, memoryview, int]
+"""A lane's route record: its view, where its values, cells and sum are, and the view and first
+cell of the lane's service-time histogram, which every request of the route counts in too."""
 
 
 class Lane:
@@ -152,11 +161,11 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base, proc, service = slot
+        w, base, cells, total, proc, service = slot
         w[base + status] += 1
         cell = fine_cell(duration)
-        w[base + R_DURATION + _ROUTE_CELL[cell]] += 1
-        w[base + R_SUM] += duration
+        w[cells + _ROUTE_CELL[cell]] += 1
+        w[total] += duration
         proc[service + cell] += 1
         if cpu is not None:
             w[base + R_CPU] += cpu
@@ -170,7 +179,7 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base, _, _ = slot
+        w, base, *_ = slot
         w[base + R_CPU] += cpu
         w[base + R_CPU_WALL] += duration
         w[base + R_HELD] += held
@@ -271,7 +280,7 @@ class Active:
 
     def _allocate(self, lane: Lane, route: str, method: str) -> Slot:
         view, base = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
-        slot = (view, base, lane.proc, lane.proc_base + P_SERVICE)
+        slot = (view, base, base + R_DURATION, base + R_SUM, lane.proc, lane.proc_base + P_SERVICE)
         lane.routes.setdefault(route, {})[method] = slot
         return slot
 
@@ -313,11 +322,20 @@ class Active:
         """
         if start is not None and lane is not None:
             wall = self._wall_clock()
-            at = parse_timestamp(start)
+            # request_start.parse_timestamp's fast path, written out: one number, a bare one or
+            # after "t=". Anything else (several values, a server token, garbage) fails in
+            # float() or int() and takes the general path below, which parses it again.
+            text = start.removeprefix("t=")
+            try:
+                number = float(text) if "." in text or len(text) > 40 else float(int(text))
+            except ValueError:
+                at: float | None = None
+            else:  # in seconds (nginx), or else ms (Heroku), us or ns
+                at = number if _EPOCH_S < number <= _EPOCH_MS else seconds_of(number)
             if at is not None and 0.0 <= wall - at <= max_age:  # the common case, no detour
                 ns = ((wall - at) * 1e9).__trunc__()  # int() of a float, without the type call
                 bl = ns.bit_length()
-                i = _START[(ns >> _SHIFT[bl]) + _BASE[bl]]
+                i = _START[bl][ns >> _SHIFT[bl]]
                 while ns > _BOUNDS[i]:
                     i += 1
                 w, base = lane.proc, lane.proc_base
@@ -394,14 +412,14 @@ class Active:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.route_record(lane, route, method)
-        w, base, proc, service = slot
+        w, base, cells, total, proc, service = slot
         w[base + status] += 1
         bl = duration.bit_length()
-        i = _START[(duration >> _SHIFT[bl]) + _BASE[bl]]
+        i = _START[bl][duration >> _SHIFT[bl]]
         while duration > _BOUNDS[i]:
             i += 1
-        w[base + R_DURATION + _ROUTE_CELL[i]] += 1
-        w[base + R_SUM] += duration
+        w[cells + _ROUTE_CELL[i]] += 1
+        w[total] += duration
         proc[service + i] += 1
         if cpu0 is not None:
             w[base + R_CPU] += self._cpu_clock() - cpu0

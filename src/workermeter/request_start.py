@@ -80,6 +80,14 @@ def _parse_parts(value: str) -> float | None:
     return earliest
 
 
+def seconds_of(number: float) -> float | None:
+    """A number of the header in Unix seconds, its unit told by its magnitude (as parse_timestamp
+    tells it); None if it is none."""
+    if _S < number <= _MS:
+        return number
+    return _seconds(number)
+
+
 def parse_timestamp(value: str) -> float | None:
     """Earliest valid timestamp (Unix seconds, float) in one header value, or None.
 
