@@ -79,15 +79,6 @@ def histogram_sum_rate(
     return f"(\n  {classic}\n  or\n  {native_}\n)"
 
 
-def histogram_buckets_rate(
-    metric: m.Metric, labels: Sequence[str], selector: str, window: str
-) -> str:
-    """The rate of a histogram's buckets by ``labels``: the classic ones by ``le`` too, or the
-    native histogram; ``histogram_quantile`` reads either."""
-    classic = sum_rate(name(metric, "_bucket"), (*labels, "le"), selector, window)
-    return f"{classic}\nor\n{sum_rate(native(metric), labels, selector, window)}"
-
-
 def ceil_forgiving(x: str) -> str:
     """``ceil`` of ``x`` that, like ``capacity._ceil``, ignores float noise above an integer."""
     return f"ceil({x} * {CEIL_FORGIVE})"

@@ -147,29 +147,30 @@ def recording_rules(s: Settings) -> list[Record]:
         Record(ALL_BUSY_INSTANCE, q.all_slots_busy(INSTANCE, "", w)),
         Record(REQUESTS_INSTANCE, q.sum_rate(q.counter(m.REQUESTS), INSTANCE, "", w)),
         Record(REQUESTS_JOB, f"sum by (job) ({REQUESTS_INSTANCE})"),
+        # Classic buckets only: Prometheus 2.42 refuses to record a sum of native histograms
+        # whose count differs by float rounding from its buckets' added up. The quantiles below
+        # read native histograms from the scraped series instead.
         Record(
             WAIT_BUCKETS_INSTANCE,
-            q.histogram_buckets_rate(m.QUEUE_WAIT, INSTANCE, "", w),
+            q.sum_rate(q.name(m.QUEUE_WAIT, "_bucket"), (*INSTANCE, "le"), "", w),
         ),
-        # By le for classic buckets; a native histogram has no le, and is summed by job alone.
         Record(WAIT_BUCKETS_JOB, f"sum by (job, le) ({WAIT_BUCKETS_INSTANCE})"),
     ]
-    for quantile in QUANTILES:
-        records.append(
-            Record(
-                WAIT_INSTANCE,
-                f"histogram_quantile({quantile}, {WAIT_BUCKETS_INSTANCE})",
-                {"quantile": quantile},
+    native_wait = q.native(m.QUEUE_WAIT)
+    for record, buckets, labels in (
+        (WAIT_INSTANCE, WAIT_BUCKETS_INSTANCE, INSTANCE),
+        (WAIT_JOB, WAIT_BUCKETS_JOB, JOB),
+    ):
+        for quantile in QUANTILES:
+            records.append(
+                Record(
+                    record,
+                    f"histogram_quantile({quantile}, {buckets})\nor\n"
+                    f"histogram_quantile({quantile}, "
+                    f"{q.sum_rate(native_wait, labels, '', w)})",
+                    {"quantile": quantile},
+                )
             )
-        )
-    for quantile in QUANTILES:
-        records.append(
-            Record(
-                WAIT_JOB,
-                f"histogram_quantile({quantile}, {WAIT_BUCKETS_JOB})",
-                {"quantile": quantile},
-            )
-        )
     return records + capacity_rules(s)
 
 
