@@ -572,6 +572,41 @@ def test_prometheus_queries_and_inputs() -> None:
     assert all('{job="app"}' in q for q in asked)
 
 
+def test_prometheus_of_native_histograms() -> None:
+    """A Prometheus that keeps native histograms has no ``_bucket`` series: the service time's
+    variability and the queue wait come from the native ones, read as the same buckets."""
+    answers = {k: v for k, v in PROM.items() if "_bucket" not in k}
+    classic, _ = fake_prometheus(answers)
+    native = {
+        "workermeter_service_time_seconds": [[0, "0.04", "0.06", "10000"]],
+        "workermeter_queue_wait_seconds": [
+            [3, "-9.5e-07", "9.5e-07", "20"], [0, "0.05", "0.1", "30"], [0, "0.1", "0.2", "50"]
+        ],
+    }  # fmt: skip
+    asked = []
+
+    def fetch(url: str, timeout: float) -> str:
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["query"][0]
+        asked.append(query)
+        for name, buckets in native.items():
+            if query.startswith(f"sum(increase({name}{{"):
+                histogram = {"count": "100", "sum": "1", "buckets": buckets}
+                result = [{"metric": {}, "histogram": [0, histogram]}]
+                return json.dumps(
+                    {"status": "success", "data": {"resultType": "vector", "result": result}}
+                )
+        return classic(url, timeout)
+
+    measured = observe.measure_prometheus(
+        "127.0.0.1:9090", selector='job="app"', window=86400, fetch=fetch, now=lambda: 1e9
+    )
+    assert measured.workload.service_cv == 0.0  # all within 40-60 ms
+    # p95: 95 of 100, within the bucket from 100 to 200 ms that holds the last 50
+    assert measured.queue_wait_p95 == pytest.approx(0.1 + 0.1 * (95 - 50) / 50)
+    assert measured.queue_wait_p50 == pytest.approx(0.1)
+    assert any(q.startswith("sum(increase(workermeter_queue_wait_seconds{") for q in asked)
+
+
 def test_prometheus_without_cpu_samples_falls_back_to_process_cpu() -> None:
     answers = {k: v for k, v in PROM.items() if "sampled" not in k}
     answers["sum(increase(workermeter_busy_seconds_total"] = 200

@@ -83,10 +83,32 @@ class _Prometheus:
             return [({}, float(data["result"][1]))]
         out = []
         for item in data.get("result", []):
+            if "value" not in item:  # a native histogram: see buckets()
+                continue
             value = float(item["value"][1])
             if math.isfinite(value):
                 out.append((dict(item.get("metric", {})), value))
         return out
+
+    def buckets(self, promql: str) -> list[tuple[float, float]]:
+        """The cumulative ``(upper bound, count)`` pairs of the one native histogram ``promql``
+        gives, as classic buckets by ``le`` would have them, with a pair for each empty stretch
+        between buckets; none without one."""
+        params = urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
+        try:
+            answer: Any = json.loads(self.fetch(f"{self.url}/api/v1/query?{params}", 30.0))
+            histogram = answer["data"]["result"][0]["histogram"][1]
+            found = [(float(lo), float(hi), float(n)) for _, lo, hi, n in histogram["buckets"]]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return []
+        pairs: list[tuple[float, float]] = []
+        upto = 0.0
+        for lower, upper, count in sorted(found, key=lambda b: b[1]):
+            if lower > (pairs[-1][0] if pairs else 0.0):
+                pairs.append((lower, upto))  # nothing from the last bucket (or 0) up to this one
+            upto += count
+            pairs.append((upper, upto))
+        return pairs
 
     def scalar(self, promql: str) -> float | None:
         result = self.query(promql)
@@ -135,6 +157,12 @@ def measure_prometheus(
     def series(metric: m.Metric, suffix: str = "") -> str:
         return f"{metric.name}{suffix}{sel}"
 
+    def histogram_part(metric: m.Metric, part: str) -> str:
+        """The increase of a histogram's sum or count over the window, from its classic series
+        or else its native one."""
+        classic = f"sum(increase({series(metric, '_' + part)}[{w}]))"
+        return f"{classic} or sum(histogram_{part}(increase({series(metric)}[{w}])))"
+
     requests = series(m.REQUESTS, "_total")
     servers = prom.scalar(f"count(last_over_time({series(m.HOST_CPUS)}[{w}]))")
     if not servers:
@@ -150,8 +178,8 @@ def measure_prometheus(
     curve = f"sum(rate({requests}[{r}]))"
     peak = prom.scalar(f"max_over_time({curve}[{w}:{res}])")
     typical = prom.scalar(f"avg_over_time({curve}[{w}:{res}])")
-    d_sum = prom.scalar(f"sum(increase({series(m.DURATION, '_sum')}[{w}]))")
-    d_count = prom.scalar(f"sum(increase({series(m.DURATION, '_count')}[{w}]))")
+    d_sum = prom.scalar(histogram_part(m.DURATION, "sum"))
+    d_count = prom.scalar(histogram_part(m.DURATION, "count"))
     if not peak or not d_sum or not d_count:
         raise SourceError(
             f"Prometheus at {base} saw no requests completed for {sel or 'any job'} in the "
@@ -160,7 +188,9 @@ def measure_prometheus(
 
     def increases_by_le(metric: m.Metric) -> list[tuple[float, float]]:
         rows = prom.query(f"sum by (le) (increase({series(metric, '_bucket')}[{w}]))")
-        return sorted((float(labels["le"]), v) for labels, v in rows if "le" in labels)
+        if rows:
+            return sorted((float(labels["le"]), v) for labels, v in rows if "le" in labels)
+        return prom.buckets(f"sum(increase({series(metric)}[{w}]))")  # a native histogram
 
     cpu = prom.scalar(f"sum(increase({series(m.CPU, '_total')}[{w}]))")
     cpu_wall = prom.scalar(f"sum(increase({series(m.CPU_WALL, '_total')}[{w}]))")
@@ -250,8 +280,14 @@ def _loops(
     def increase(name: str) -> float:
         return prom.scalar(f"sum(increase({name}[{w}]))") or 0.0
 
-    def by_route(name: str) -> dict[str, float]:
-        rows = prom.query(f"sum by (route) (increase({name}[{w}]))")
+    def by_route(name: str, native_part: str = "") -> dict[str, float]:
+        query = f"sum by (route) (increase({name}[{w}]))"
+        if native_part:  # or from the native histogram
+            query += (
+                f" or sum by (route) "
+                f"(histogram_{native_part}(increase({series(m.DURATION, '')}[{w}])))"
+            )
+        rows = prom.query(query)
         return {labels.get("route", ""): v for labels, v in rows}
 
     loop_busy = increase(busy)
@@ -262,8 +298,8 @@ def _loops(
         held=by_route(series(m.LOOP_HELD, "_total")),
         cpu=by_route(series(m.CPU, "_total")),
         sampled=by_route(series(m.CPU_WALL, "_total")),
-        busy=by_route(series(m.DURATION, "_sum")),
-        requests=by_route(series(m.DURATION, "_count")),
+        busy=by_route(series(m.DURATION, "_sum"), "sum"),
+        requests=by_route(series(m.DURATION, "_count"), "count"),
         loop_busy=loop_busy,
     )
     size = series(m.POOL_SIZE, "")
