@@ -114,9 +114,9 @@ def content_longer(length: str | bytes, limit: int) -> bool:
 # Index into STATUS_CLASSES by the first character of a WSGI status line.
 STATUS_BY_DIGIT = {"1": 0, "2": 1, "3": 2, "4": 3, "5": 4}
 
-Slot = tuple[memoryview, int, int, int, memoryview, int]
-"""A lane's route record: its view, where its values, cells and sum are, and the view and first
-cell of the lane's service-time histogram, which every request of the route counts in too."""
+Slot = tuple[memoryview, memoryview]
+"""A lane's route record, as a view of its values, and the view of the lane's service-time
+cells, which every request of the route counts in too."""
 
 
 class Lane:
@@ -126,7 +126,7 @@ class Lane:
     (a sync worker, an event loop) has a single lane, whichever thread serves.
     """
 
-    __slots__ = ("active", "countdown", "index", "proc", "proc_base", "routes")
+    __slots__ = ("active", "countdown", "index", "proc", "routes", "service")
 
     def __init__(self, active: Active, index: int) -> None:
         self.active = active
@@ -137,19 +137,22 @@ class Lane:
         self.routes: dict[str, dict[str, Slot]] = {}
         # cpu_sample 0 starts the countdown at -1: it never reaches zero.
         self.countdown = active.cpu_sample or -1
-        self.proc, self.proc_base = active.allocate(layout.PROCESS, "", index, PROCESS_VALUES)
+        # Views of one record each: its values are at small indexes, which Python does not
+        # allocate an int object for, where record + offset would be one.
+        self.proc = active.allocate(layout.PROCESS, "", index, PROCESS_VALUES)
+        self.service = active.view(self.proc[P_SERVICE : P_SERVICE + FINE_CELLS])
 
     def queue_wait(self, wait: float | None, problem: str | None) -> None:
         """Record the outcome of parsing the request-start headers."""
-        w, base = self.proc, self.proc_base
+        w = self.proc
         if wait is not None:
             ns = int(wait * 1e9)
-            w[base + P_QUEUE + fine_cell(ns)] += 1
-            w[base + P_QUEUE_SUM] += ns
+            w[P_QUEUE + fine_cell(ns)] += 1
+            w[P_QUEUE_SUM] += ns
             if problem is SKEW:
-                w[base + P_SKEW] += 1
+                w[P_SKEW] += 1
         elif problem is not None:
-            w[base + P_REJECTED + REJECT_REASONS.index(problem)] += 1
+            w[P_REJECTED + REJECT_REASONS.index(problem)] += 1
 
     def request(
         self, route: str, method: str, status: int, duration: int, cpu: int | None = None
@@ -161,15 +164,15 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base, cells, total, proc, service = slot
-        w[base + status] += 1
+        w, service = slot
+        w[status] += 1
         cell = fine_cell(duration)
-        w[cells + _ROUTE_CELL[cell]] += 1
-        w[total] += duration
-        proc[service + cell] += 1
+        w[R_DURATION + _ROUTE_CELL[cell]] += 1
+        w[R_SUM] += duration
+        service[cell] += 1
         if cpu is not None:
-            w[base + R_CPU] += cpu
-            w[base + R_CPU_WALL] += duration
+            w[R_CPU] += cpu
+            w[R_CPU_WALL] += duration
 
     def sampled(self, route: str, method: str, cpu: int, held: int, duration: int) -> None:
         """Record what a sampled async request took in its own steps: ``cpu`` ns of thread CPU
@@ -179,20 +182,20 @@ class Lane:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.active.route_record(self, route, method)
-        w, base, *_ = slot
-        w[base + R_CPU] += cpu
-        w[base + R_CPU_WALL] += duration
-        w[base + R_HELD] += held
+        w = slot[0]
+        w[R_CPU] += cpu
+        w[R_CPU_WALL] += duration
+        w[R_HELD] += held
 
     def loop_lag(self, seconds: float) -> None:
         """Record how late the event loop ran a callback that was due."""
         ns = int(seconds * 1e9)
-        w, base = self.proc, self.proc_base
-        w[base + P_LAG + fine_cell(ns)] += 1
-        w[base + P_LAG_SUM] += ns
+        w = self.proc
+        w[P_LAG + fine_cell(ns)] += 1
+        w[P_LAG_SUM] += ns
 
     def count(self, offset: int) -> None:
-        self.proc[self.proc_base + offset] += 1
+        self.proc[offset] += 1
 
 
 class Active:
@@ -279,21 +282,26 @@ class Active:
         return self._allocate(lane, route, method)
 
     def _allocate(self, lane: Lane, route: str, method: str) -> Slot:
-        view, base = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
-        slot = (view, base, base + R_DURATION, base + R_SUM, lane.proc, lane.proc_base + P_SERVICE)
+        record = self.allocate(layout.ROUTE, f"{route}\0{method}", lane.index, ROUTE_VALUES)
+        slot = (record, lane.service)
         lane.routes.setdefault(route, {})[method] = slot
         return slot
 
-    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> tuple[memoryview, int]:
-        """A record in the store; when the store cannot grow (its file system is full), one in
-        this process's memory, so that requests are still served (the loss is logged once)."""
+    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> memoryview:
+        """A view of a new record's values in the store; when the store cannot grow (its file
+        system is full), of one in this process's memory, so that requests are still served
+        (the loss is logged once)."""
         try:
             return self.region.allocate(kind, key, lane, nvalues)
         except OSError as e:  # ENOSPC on a full /dev/shm, or the like
             if not self._alloc_failed:
                 self._alloc_failed = True
                 log.error("workermeter: the store cannot grow (%s); new series are not kept", e)
-            return memoryview(bytearray(8 * nvalues)).cast("q"), 0
+            return memoryview(bytearray(8 * nvalues)).cast("q")
+
+    def view(self, view: memoryview) -> memoryview:
+        """``view``, of a record :meth:`allocate` gave, kept with the region's own."""
+        return self.region.view(view)
 
     # The level word holds an update count above the level (store.LEVEL_BITS): odd while an
     # update is under way, so a scrape can tell a consistent state from a torn one. The time of
@@ -338,9 +346,9 @@ class Active:
                 i = _START[bl][ns >> _SHIFT[bl]]
                 while ns > _BOUNDS[i]:
                     i += 1
-                w, base = lane.proc, lane.proc_base
-                w[base + i] += 1  # P_QUEUE is 0
-                w[base + P_QUEUE_SUM] += ns
+                w = lane.proc
+                w[i] += 1  # P_QUEUE is 0
+                w[P_QUEUE_SUM] += ns
             else:
                 lane.queue_wait(*queue_wait_one(start, wall, max_skew=max_skew, max_age=max_age))
         lock = self._level_lock
@@ -412,18 +420,18 @@ class Active:
         slot = methods.get(method) if methods is not None else None
         if slot is None:
             slot = self.route_record(lane, route, method)
-        w, base, cells, total, proc, service = slot
-        w[base + status] += 1
+        w, service = slot
+        w[status] += 1
         bl = duration.bit_length()
         i = _START[bl][duration >> _SHIFT[bl]]
         while duration > _BOUNDS[i]:
             i += 1
-        w[cells + _ROUTE_CELL[i]] += 1
-        w[total] += duration
-        proc[service + i] += 1
+        w[R_DURATION + _ROUTE_CELL[i]] += 1
+        w[R_SUM] += duration
+        service[i] += 1
         if cpu0 is not None:
-            w[base + R_CPU] += self._cpu_clock() - cpu0
-            w[base + R_CPU_WALL] += duration
+            w[R_CPU] += self._cpu_clock() - cpu0
+            w[R_CPU_WALL] += duration
         return now
 
     def thread_pool(self, size: int, in_use: int) -> None:

@@ -111,7 +111,7 @@ def default_base() -> Path:
 
 
 class Chunk:
-    """One mapped file of a region; ``words`` is the writable view used by the hot path."""
+    """One mapped file of a region; ``words`` is its writable view."""
 
     __slots__ = ("fd", "mm", "words")
 
@@ -144,6 +144,7 @@ class Region:
         self._alloc_lock = threading.Lock()
         self._slot_fd, self.slot = _claim_slot(directory)
         self._chunks: list[Chunk] = []
+        self._views: list[memoryview] = []
         try:
             first = self._new_chunk()
         except BaseException:
@@ -185,8 +186,8 @@ class Region:
         self._chunks.append(chunk)
         return chunk
 
-    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> tuple[memoryview, int]:
-        """Append a zeroed record and return the view and index of its first value."""
+    def allocate(self, kind: int, key: str, lane: int, nvalues: int) -> memoryview:
+        """Append a zeroed record and return a view of its values."""
         raw = key.encode()
         key_words = (len(raw) + 7) // 8
         size = RECORD_HEADER + key_words + nvalues
@@ -203,13 +204,23 @@ class Region:
             chunk.mm[start : start + 32] = PACK.pack(size, kind, lane, len(raw))
             chunk.mm[start + 32 : start + 32 + len(raw)] = raw
             w[H_USED] = used + size  # publish
-            return w, used + RECORD_HEADER + key_words
+            first = used + RECORD_HEADER + key_words
+            return self.view(w[first : first + nvalues])
+
+    def view(self, view: memoryview) -> memoryview:
+        """``view``, a view of this region that the hot path writes through, kept so that
+        :meth:`abandon` can release it: a mapping with views of it left cannot be closed."""
+        self._views.append(view)
+        return view
 
     def abandon(self) -> None:
         """Forget the region without touching the files: for a child process after fork.
 
         The descriptors are shared with the parent, whose locks stay held through its copies.
         """
+        for view in self._views:
+            view.release()
+        self._views.clear()
         for chunk in self._chunks:
             chunk.close()
         os.close(self._slot_fd)
