@@ -10,7 +10,6 @@ its gzip size (what goes over the wire), per size and format.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -19,6 +18,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from versions import parser_of_trees, source_trees  # noqa: E402
+
 SIZES = [(8, 20), (64, 200)]
 TEXT = "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 PROTOBUF = (
@@ -70,14 +73,12 @@ def child(src: Path, workers: int, routes: int, repeat: int) -> dict[str, dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("old", type=Path, help="the earlier version's tree")
-    parser.add_argument("new", type=Path, nargs="?", default=HERE.parent, help="default: this one")
+    parser = parser_of_trees(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    trees = {"old": args.old.resolve() / "src", "new": args.new.resolve() / "src"}
+    trees = source_trees(args)
     runs: dict[str, list[dict[str, dict[str, float]]]] = {}
     for i in range(args.rounds):
         for workers, routes in SIZES:

@@ -58,18 +58,30 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):6.0f} ns  ({q[0]:.0f} to {q[2]:.0f})"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser_of_trees(doc: str) -> argparse.ArgumentParser:
+    """A command line that takes the two source trees, OLD and NEW (default: this one)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("old", type=Path, help="the earlier version's tree")
     parser.add_argument("new", type=Path, nargs="?", default=HERE.parent, help="default: this one")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def source_trees(args: argparse.Namespace) -> dict[str, Path]:
+    """The ``src`` folders of the two trees, by name; exits when one holds no workermeter."""
     trees = {"old": args.old.resolve() / "src", "new": args.new.resolve() / "src"}
     for tree in trees.values():
         if not (tree / "workermeter" / "__init__.py").exists():
             sys.exit(f"{tree} holds no workermeter package: give a source tree")
+    return trees
+
+
+def main() -> None:
+    parser = parser_of_trees(__doc__)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    trees = source_trees(args)
     rows: dict[str, dict[str, list[float]]] = {k: {"WSGI": [], "ASGI": []} for k in trees}
     for i in range(args.rounds):
         order = list(trees.items()) if i % 2 == 0 else list(reversed(trees.items()))

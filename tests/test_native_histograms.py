@@ -123,7 +123,7 @@ def test_native_quantiles_on_a_real_prometheus(
         assert prom.one("histogram_count(workermeter_queue_wait_seconds)", at) == total
         # Only native series: the classic ones are not kept.
         assert prom.query("workermeter_service_time_seconds_count", at) == []
-        (_, kept), = prom.histograms("workermeter_service_time_seconds", at)
+        ((_, kept),) = prom.histograms("workermeter_service_time_seconds", at)
         assert float(kept["count"]) == total
 
         found: list[tuple[str, float, float, float]] = []
@@ -144,8 +144,11 @@ def test_native_quantiles_on_a_real_prometheus(
         assert 0 < waited - sum(queued) < 0.010 * total
     with capsys.disabled():
         for what, q, got, sent in found:
-            print(f"\n{what} p{q * 100:g}: {got * 1000:.2f} ms, sent {sent * 1000:.2f} ms "
-                  f"({got / sent - 1:+.1%})", end="")
+            print(
+                f"\n{what} p{q * 100:g}: {got * 1000:.2f} ms, sent {sent * 1000:.2f} ms "
+                f"({got / sent - 1:+.1%})",
+                end="",
+            )
 
 
 # ------------------------------------------------------------------------------ series budget

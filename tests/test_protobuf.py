@@ -154,8 +154,13 @@ def test_negotiation() -> None:
     assert negotiate(ACCEPT_CLASSIC).openmetrics
     assert not negotiate(ACCEPT_CLASSIC).protobuf
     # Not the delimited MetricFamily stream: the next one that is known, or the text format.
-    assert negotiate("application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
-                     "encoding=text,text/plain;version=0.0.4").content_type == TEXT_0_0_4
+    assert (
+        negotiate(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;"
+            "encoding=text,text/plain;version=0.0.4"
+        ).content_type
+        == TEXT_0_0_4
+    )
     assert negotiate("application/vnd.google.protobuf;encoding=delimited") == negotiate(None)
     assert PROTOBUF.content_type == (
         "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; "

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 from conftest import FakeClock, FakeWallClock
 from workermeter import buckets, layout
 from workermeter.metrics import BUCKETS_NS
-from workermeter.recorder import (
+from workermeter.record_values import (
     FINE_CELLS,
-    METHODS,
     P_QUEUE,
     P_QUEUE_SUM,
     P_SERVICE,
@@ -25,11 +24,8 @@ from workermeter.recorder import (
     R_DURATION,
     ROUTE_CELLS,
     ROUTE_VALUES,
-    Active,
-    Lane,
-    Recorder,
-    status_index,
 )
+from workermeter.recorder import METHODS, Active, Lane, Recorder, status_index
 from workermeter.request_start import queue_wait_one
 
 MASK = (1 << layout.LEVEL_BITS) - 1

@@ -17,7 +17,8 @@ import pytest
 
 from workermeter import layout
 from workermeter import store as s
-from workermeter.recorder import PROCESS_VALUES, ROUTE_VALUES, Recorder, status_index
+from workermeter.record_values import PROCESS_VALUES, ROUTE_VALUES
+from workermeter.recorder import Recorder, status_index
 from workermeter.snapshot import Snapshot
 
 

@@ -20,7 +20,8 @@ from promtext import parse, value
 from workermeter import serve_metrics
 from workermeter.exposition import Exposition, StoreCollector
 from workermeter.metrics import ROUTE_BUCKETS
-from workermeter.recorder import P_DISCONNECTS, Recorder, status_index
+from workermeter.record_values import P_DISCONNECTS
+from workermeter.recorder import Recorder, status_index
 from workermeter.request_start import TOO_OLD
 from workermeter.store import Store
 from workermeter.textformat import Families, Family, go_float, negotiate, render

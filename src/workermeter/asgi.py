@@ -13,15 +13,8 @@ from .access import allowed
 from .integrations import route_from_scope
 from .listeners import own_listening_inodes
 from .options import Meter
-from .recorder import (
-    P_DISCONNECTS,
-    P_UPLOADS,
-    P_WEBSOCKETS,
-    STATUS_INDEX,
-    UNMATCHED,
-    Active,
-    content_longer,
-)
+from .record_values import P_DISCONNECTS, P_UPLOADS, P_WEBSOCKETS
+from .recorder import STATUS_INDEX, UNMATCHED, Active, content_longer
 from .request_start import queue_wait
 from .server import Capacity, detect
 

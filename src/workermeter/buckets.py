@@ -109,9 +109,7 @@ ROUTE_CELL: tuple[int, ...] = (*(ROUTE.cell(b) for b in FINE.bounds), ROUTE.cell
 _PARTS = 64  # a part is ns >> FINE_SHIFT[bl], below 64
 FINE_SHIFT = tuple(max(bl - 6, 0) for bl in range(65))
 FINE_START = tuple(
-    tuple(
-        FINE.cell(max(part << FINE_SHIFT[bl], (1 << bl) >> 1)) for part in range(_PARTS)
-    )
+    tuple(FINE.cell(max(part << FINE_SHIFT[bl], (1 << bl) >> 1)) for part in range(_PARTS))
     for bl in range(65)
 )
 FINE_BOUNDS = (*FINE.bounds, 1 << 64)  # one no value reaches ends the walk

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 from . import buckets as b
 from . import metrics as m
 from . import protobuf
-from . import recorder as r
+from . import record_values as rv
 from .access import allowed as allowed
 from .access import private_client as private_client
 from .layout import (
@@ -60,11 +60,11 @@ def _native(partition: b.Partition, cells: list[int]) -> Native:
 def _process(snap: Snapshot) -> list[int]:
     """The process records' values added up, padded to their length."""
     values = snap.records.get((PROCESS, ""), [])
-    return values + [0] * (r.PROCESS_VALUES - len(values))
+    return values + [0] * (rv.PROCESS_VALUES - len(values))
 
 
 def _cells(snap: Snapshot, start: int) -> list[int]:
-    return _process(snap)[start : start + r.FINE_CELLS]
+    return _process(snap)[start : start + rv.FINE_CELLS]
 
 
 class StoreCollector:
@@ -141,31 +141,31 @@ class StoreCollector:
             # A route's methods added up (values of an older layout are shorter: cut to them)
             by_route[shown] = list(values) if have is None else list(map(add, have, values))
             sums = cpu_by_route.setdefault(route, [0, 0, 0])
-            sums[0] += values[r.R_CPU]
-            sums[1] += values[r.R_CPU_WALL]
-            if len(values) > r.R_HELD:
-                sums[2] += values[r.R_HELD]
+            sums[0] += values[rv.R_CPU]
+            sums[1] += values[rv.R_CPU_WALL]
+            if len(values) > rv.R_HELD:
+                sums[2] += values[rv.R_HELD]
         for shown, values in by_route.items():
             labels = tuple(shown.partition("\0")[::2]) if full else (shown,)
-            for status, count in zip(r.STATUS_CLASSES, values, strict=False):
+            for status, count in zip(rv.STATUS_CLASSES, values, strict=False):
                 if count:
                     requests.add((*labels, status), count)
-            cells = values[r.R_DURATION : r.R_DURATION + r.ROUTE_CELLS]
+            cells = values[rv.R_DURATION : rv.R_DURATION + rv.ROUTE_CELLS]
             cumulative = b.ROUTE.cumulative(cells)
             if not full:
                 cumulative = [cumulative[i] for i in _ROUTE_AT]
             duration.add_histogram(
                 labels,
                 cumulative,
-                values[r.R_SUM] / 1e9,
+                values[rv.R_SUM] / 1e9,
                 _native(b.ROUTE, cells) if native else None,
             )
         if by_route:  # in fine cells per lane; the sum is the routes'
-            cells = _cells(snap, r.P_SERVICE)
+            cells = _cells(snap, rv.P_SERVICE)
             service.add_histogram(
                 (),
                 b.FINE.cumulative(cells),
-                sum(values[r.R_SUM] for values in by_route.values()) / 1e9,
+                sum(values[rv.R_SUM] for values in by_route.values()) / 1e9,
                 _native(b.FINE, cells) if native else None,
             )
         for route, (cpu_ns, wall_ns, held_ns) in cpu_by_route.items():
@@ -178,30 +178,30 @@ class StoreCollector:
     def _process_records(self, snap: Snapshot, native: bool) -> list[Family]:
         values = _process(snap)
         wait = Family(m.QUEUE_WAIT)
-        cells = values[r.P_QUEUE : r.P_QUEUE + r.FINE_CELLS]
+        cells = values[rv.P_QUEUE : rv.P_QUEUE + rv.FINE_CELLS]
         wait.add_histogram(
             (),
             b.FINE.cumulative(cells),
-            values[r.P_QUEUE_SUM] / 1e9,
+            values[rv.P_QUEUE_SUM] / 1e9,
             _native(b.FINE, cells) if native else None,
         )
         skew = Family(m.QUEUE_SKEW)
-        skew.add((), values[r.P_SKEW])
+        skew.add((), values[rv.P_SKEW])
         rejected = Family(m.QUEUE_REJECTED)
-        for i, reason in enumerate(r.REJECT_REASONS):
-            rejected.add((reason,), values[r.P_REJECTED + i])
+        for i, reason in enumerate(rv.REJECT_REASONS):
+            rejected.add((reason,), values[rv.P_REJECTED + i])
         disconnects = Family(m.DISCONNECTS)
-        disconnects.add((), values[r.P_DISCONNECTS])
+        disconnects.add((), values[rv.P_DISCONNECTS])
         websockets = Family(m.WEBSOCKETS)
-        websockets.add((), values[r.P_WEBSOCKETS])
+        websockets.add((), values[rv.P_WEBSOCKETS])
         uploads = Family(m.QUEUE_UPLOADS)
-        uploads.add((), values[r.P_UPLOADS])
+        uploads.add((), values[rv.P_UPLOADS])
         lag = Family(m.LOOP_LAG)
-        cells = values[r.P_LAG : r.P_LAG + r.FINE_CELLS]
+        cells = values[rv.P_LAG : rv.P_LAG + rv.FINE_CELLS]
         lag.add_histogram(
             (),
             b.FINE.cumulative(cells),
-            values[r.P_LAG_SUM] / 1e9,
+            values[rv.P_LAG_SUM] / 1e9,
             _native(b.FINE, cells) if native else None,
         )
         return [wait, skew, rejected, uploads, disconnects, websockets, lag]

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import buckets
 from . import history as h
-from . import recorder as r
+from . import record_values as rv
 from .layout import L_BUSY, L_OBSERVED, PROCESS, ROUTE
 from .metrics import BUCKETS_NS
 from .snapshot import Snapshot
@@ -62,9 +62,9 @@ class Totals:
 
     wall_ns: int
     requests: list[int] = field(default_factory=lambda: [0] * 6)
-    service: list[int] = field(default_factory=lambda: [0] * r.NBUCKETS)
+    service: list[int] = field(default_factory=lambda: [0] * rv.NBUCKETS)
     service_sum: int = 0
-    queue: list[int] = field(default_factory=lambda: [0] * r.NBUCKETS)
+    queue: list[int] = field(default_factory=lambda: [0] * rv.NBUCKETS)
     queue_sum: int = 0
     cpu: int = 0
     cpu_wall: int = 0
@@ -89,19 +89,19 @@ def totals(snap: Snapshot, wall_ns: int) -> Totals:
     for (kind, key), values in snap.records.items():
         if kind != ROUTE:
             continue
-        if len(values) < r.ROUTE_VALUES:
-            values = values + [0] * (r.ROUTE_VALUES - len(values))
+        if len(values) < rv.ROUTE_VALUES:
+            values = values + [0] * (rv.ROUTE_VALUES - len(values))
         found.append(values)
-        t.routes[key] = [sum(values[:6]), values[r.R_SUM], values[r.R_CPU], values[r.R_CPU_WALL]]
+        t.routes[key] = [sum(values[:6]), values[rv.R_SUM], values[rv.R_CPU], values[rv.R_CPU_WALL]]
     if found:  # the routes added up column by column
         sums = [sum(column) for column in zip(*found, strict=False)]  # all padded to length
         t.requests = sums[:6]
-        t.service = buckets.ROUTE.classic(sums[r.R_DURATION : r.R_DURATION + r.ROUTE_CELLS])
-        t.service_sum, t.cpu, t.cpu_wall = sums[r.R_SUM], sums[r.R_CPU], sums[r.R_CPU_WALL]
+        t.service = buckets.ROUTE.classic(sums[rv.R_DURATION : rv.R_DURATION + rv.ROUTE_CELLS])
+        t.service_sum, t.cpu, t.cpu_wall = sums[rv.R_SUM], sums[rv.R_CPU], sums[rv.R_CPU_WALL]
     process = snap.records.get((PROCESS, ""), [])
-    process = process + [0] * (r.PROCESS_VALUES - len(process))
-    t.queue = buckets.FINE.classic(process[r.P_QUEUE : r.P_QUEUE + r.FINE_CELLS])
-    t.queue_sum = process[r.P_QUEUE_SUM]
+    process = process + [0] * (rv.PROCESS_VALUES - len(process))
+    t.queue = buckets.FINE.classic(process[rv.P_QUEUE : rv.P_QUEUE + rv.FINE_CELLS])
+    t.queue_sum = process[rv.P_QUEUE_SUM]
     live = {w.slot: w.capacity for w in snap.workers}
     for slot, above in snap.levels.items():
         # Up to the highest level reached (zeros above it), found at C speed: of 1,025 levels

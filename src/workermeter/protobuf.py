@@ -147,9 +147,9 @@ def encode(families: list[Family]) -> bytes:
             body += varint(_COUNTER if kind == "counter" else _GAUGE)
             key = _METRIC_COUNTER if kind == "counter" else _METRIC_GAUGE
             for labels, value in f.values:
-                sample = _label_pairs(metric.labels, labels) + bytes(
-                    (key, 9, _VALUE)
-                ) + _double(value)
+                sample = (
+                    _label_pairs(metric.labels, labels) + bytes((key, 9, _VALUE)) + _double(value)
+                )
                 body += _field(_FAMILY_METRIC, sample)
         out += varint(len(body))
         out += body

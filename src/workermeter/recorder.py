@@ -20,45 +20,27 @@ from pathlib import Path
 from . import buckets, layout
 from . import store as _store
 from .listeners import own_listening_inodes
-from .metrics import BUCKETS_NS
-from .request_start import (
-    EPOCH_2000,
-    FUTURE,
-    SKEW,
-    TOO_OLD,
-    UNPARSABLE,
-    queue_wait_one,
-    seconds_of,
+from .record_values import (
+    FINE_CELLS,
+    P_LAG,
+    P_LAG_SUM,
+    P_QUEUE,
+    P_QUEUE_SUM,
+    P_REJECTED,
+    P_SERVICE,
+    P_SKEW,
+    PROCESS_VALUES,
+    R_CPU,
+    R_CPU_WALL,
+    R_DURATION,
+    R_HELD,
+    R_SUM,
+    REJECT_REASONS,
+    ROUTE_VALUES,
 )
+from .request_start import EPOCH_2000, SKEW, queue_wait_one, seconds_of
 
 log = logging.getLogger("workermeter")
-
-NBUCKETS = len(BUCKETS_NS) + 1  # a classic histogram's buckets, +Inf last
-FINE_CELLS = buckets.FINE.cells  # a histogram's cells in a PROCESS record (buckets.py)
-ROUTE_CELLS = buckets.ROUTE.cells  # a route's, in a ROUTE record
-
-# ROUTE record values.
-STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
-R_DURATION = len(STATUS_CLASSES)  # ROUTE_CELLS cells
-R_SUM = R_DURATION + ROUTE_CELLS
-R_CPU = R_SUM + 1
-R_CPU_WALL = R_CPU + 1
-R_HELD = R_CPU_WALL + 1  # event-loop time held by the sampled requests' own steps (async)
-ROUTE_VALUES = R_HELD + 1
-
-# PROCESS record values (one record per lane).
-P_QUEUE = 0  # FINE_CELLS cells
-P_QUEUE_SUM = P_QUEUE + FINE_CELLS
-P_SKEW = P_QUEUE_SUM + 1
-REJECT_REASONS = (UNPARSABLE, FUTURE, TOO_OLD)
-P_REJECTED = P_SKEW + 1
-P_DISCONNECTS = P_REJECTED + len(REJECT_REASONS)
-P_WEBSOCKETS = P_DISCONNECTS + 1
-P_UPLOADS = P_WEBSOCKETS + 1
-P_LAG = P_UPLOADS + 1  # FINE_CELLS cells
-P_LAG_SUM = P_LAG + FINE_CELLS
-P_SERVICE = P_LAG_SUM + 1  # FINE_CELLS cells of every route's service time; the sum is the routes'
-PROCESS_VALUES = P_SERVICE + FINE_CELLS
 
 METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
@@ -220,6 +202,9 @@ class Active:
         self.word = 0  # the level word as last committed: see begin
         self._enter = [0] * (_MAX_LEVEL + 1)
         self._above = [0] * (_MAX_LEVEL + 1)
+        # The header's ENTER and ABOVE words, each level at its own index.
+        self.enter_words = self.region.view(self.header[_ENTER : _ENTER + _MAX_LEVEL + 1])
+        self.above_words = self.region.view(self.header[_ABOVE : _ABOVE + _MAX_LEVEL + 1])
         # Only threads share the level; an event loop or a sync worker needs no lock.
         self._level_lock = threading.Lock() if multithread else None
         # A server that runs one request at a time (an event loop, a sync worker) has one lane,
@@ -364,7 +349,7 @@ class Active:
             self.level = level
             if level <= _MAX_LEVEL:
                 self._enter[level] = now
-                h[_ENTER + level] = now
+                self.enter_words[level] = now
                 word += _RISE
             else:
                 word = _word(word + _SEQ, level)
@@ -404,7 +389,7 @@ class Active:
             if 0 < level <= _MAX_LEVEL:
                 total = self._above[level] + now - self._enter[level]
                 self._above[level] = total
-                h[_ABOVE + level] = total
+                self.above_words[level] = total
                 word += _FALL
             else:
                 word = _word(word + _SEQ, level - 1)

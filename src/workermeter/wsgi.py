@@ -11,15 +11,8 @@ from typing import Any
 from .access import allowed
 from .integrations import route_from_environ
 from .options import Meter
-from .recorder import (
-    P_DISCONNECTS,
-    P_UPLOADS,
-    STATUS_BY_DIGIT,
-    UNMATCHED,
-    Active,
-    Lane,
-    content_longer,
-)
+from .record_values import P_DISCONNECTS, P_UPLOADS
+from .recorder import STATUS_BY_DIGIT, UNMATCHED, Active, Lane, content_longer
 from .request_start import queue_wait
 from .server import detect
 
