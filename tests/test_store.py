@@ -235,6 +235,11 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
     header = [0] * layout.HEADER_WORDS
     header[layout.H_MAGIC], header[layout.H_USED] = layout.MAGIC, layout.HEADER_WORDS + 100
     (tmp_path / "w9-3-0badf00d-0.wm").write_bytes(struct.pack(f"<{layout.HEADER_WORDS}q", *header))
+    # A worker of an earlier version, whose layout this one does not read.
+    header[layout.H_MAGIC] = int.from_bytes(b"WMSTORE2", "little")
+    (tmp_path / "w10-4-0badf00d-0.wm").write_bytes(
+        struct.pack(f"<{layout.HEADER_WORDS}q", *header)
+    )
     with caplog.at_level(logging.WARNING, logger="workermeter"):
         snap = s.Store(tmp_path, clock=clock).collect()
     assert route_count(snap, "/ok") == 2
@@ -242,6 +247,10 @@ def test_corrupt_and_foreign_files_are_skipped_with_a_warning(
     assert "w7-1-0badf00d-0.wm" in text and "not a workermeter store file" in text
     assert "w8-2-0badf00d-0.wm" in text
     assert "w9-3-0badf00d-0.wm: truncated" in text
+    assert (
+        "w10-4-0badf00d-0.wm: written by an earlier version of workermeter, whose counts it does "
+        "not read: restart the server's workers after upgrading"
+    ) in text
     assert (tmp_path / "w7-1-0badf00d-0.wm").exists()  # left alone, not deleted
     assert (tmp_path / "w9-3-0badf00d-0.wm").exists()
 

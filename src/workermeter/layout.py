@@ -18,6 +18,7 @@ from pathlib import Path
 log = logging.getLogger("workermeter")
 
 MAGIC = int.from_bytes(b"WMSTORE3", "little")
+EARLIER = {int.from_bytes(b"WMSTORE2", "little")}  # layouts of earlier versions, not read
 CHUNK_BYTES = 1 << 20
 CHUNK_WORDS = CHUNK_BYTES // 8
 
@@ -111,6 +112,10 @@ def read_fd(fd: int, path: Path, *, whole: bool = True) -> memoryview | None:
         return None
     h = memoryview(head).cast("q")
     used = h[H_USED]
+    if h[H_MAGIC] in EARLIER:
+        warn_once(path, "written by an earlier version of workermeter, whose counts it does not "
+                  "read: restart the server's workers after upgrading")  # fmt: skip
+        return None
     if h[H_MAGIC] != MAGIC or not HEADER_WORDS <= used <= CHUNK_WORDS:
         warn_once(path, "not a workermeter store file")
         return None

@@ -60,8 +60,8 @@ from .layout import (
     MAX_LISTENERS,
     NAME,
     PACK,
+    PROCESS,
     RECORD_HEADER,
-    ROUTE,
     Layout,
     Records,
     level_of,
@@ -70,6 +70,7 @@ from .layout import (
     read_words,
     warn_once,
 )
+from .record_values import FINE_CELLS, P_SERVICE
 from .snapshot import Snapshot, WorkerState, above_now, loop_now, read_chunk0
 
 
@@ -366,10 +367,10 @@ class Store:
             first = FIRST_RECORD if index == 0 else HEADER_WORDS
             layout = self._layouts[path.name] = parse_layout(words, first, path, known)
             self._merge(snap, words, layout[1], path)
-            if state is not None:
+            if state is not None:  # every request is counted in its lane's service time
                 state.requests += sum(
-                    sum(words[start : start + 6]) for kind, _, start, _ in layout[1]
-                    if kind == ROUTE
+                    sum(words[start + P_SERVICE : start + P_SERVICE + FINE_CELLS])
+                    for kind, _, start, _ in layout[1] if kind == PROCESS
                 )
 
     def _merge_archive(self, snap: Snapshot, path: Path) -> None:
