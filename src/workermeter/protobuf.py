@@ -27,6 +27,7 @@ _VALUE = 0x09  # Gauge.value and Counter.value: field 1, a double
 _H_COUNT, _H_SUM, _H_BUCKET, _H_SCHEMA = 0x08, 0x11, 0x1A, 0x28
 _H_ZERO_THRESHOLD, _H_ZERO_COUNT, _H_POSITIVE_SPAN, _H_POSITIVE_DELTA = 0x31, 0x38, 0x62, 0x6A
 _B_COUNT, _B_BOUND = 0x08, 0x11
+_B_COUNT_KEY = bytes((_B_COUNT,))
 _SPAN_OFFSET, _SPAN_LENGTH = 0x08, 0x10
 _double = struct.Struct("<d").pack
 # Empty buckets between two that hold values, up to which the deltas run on through them (one
@@ -56,15 +57,22 @@ def _field(key: int, payload: bytes) -> bytes:
     return bytes((key,)) + varint(len(payload)) + payload
 
 
-def _label_pairs(names: tuple[str, ...], values: tuple[str, ...]) -> bytes:
-    """The Metric.label fields, sorted by name as Prometheus's own clients send them."""
-    return b"".join(
-        _field(
-            _METRIC_LABEL,
-            _field(_LABEL_NAME, name.encode()) + _field(_LABEL_VALUE, value.encode()),
-        )
-        for name, value in sorted(zip(names, values, strict=True))
-    )
+def _label_pairs(
+    names: tuple[str, ...], values: tuple[str, ...], known: dict[tuple[str, str], bytes]
+) -> bytes:
+    """The Metric.label fields, sorted by name as Prometheus's own clients send them; each pair
+    written once per exposition (``known``): routes and workers recur in many families."""
+    out = []
+    for pair in sorted(zip(names, values, strict=True)):
+        field = known.get(pair)
+        if field is None:
+            name, value = pair
+            field = known[pair] = _field(
+                _METRIC_LABEL,
+                _field(_LABEL_NAME, name.encode()) + _field(_LABEL_VALUE, value.encode()),
+            )
+        out.append(field)
+    return b"".join(out)
 
 
 def _spans(native: Native) -> bytes:
@@ -113,7 +121,10 @@ def _histogram(
     out.append(_H_SUM)
     out += _double(total)
     for bound, count in zip(bounds, buckets, strict=False):  # +Inf left out, as is allowed
-        out += _field(_H_BUCKET, bytes((_B_COUNT,)) + varint(count) + bound)
+        bucket = _B_COUNT_KEY + varint(count) + bound  # under 128 bytes: its length is 1 byte
+        out.append(_H_BUCKET)
+        out.append(len(bucket))
+        out += bucket
     if native is not None:
         out.append(_H_SCHEMA)
         out += _zigzag(native.schema)
@@ -128,6 +139,7 @@ def _histogram(
 def encode(families: list[Family]) -> bytes:
     """The delimited MetricFamily messages of ``families``."""
     out = bytearray()
+    known: dict[tuple[str, str], bytes] = {}
     for f in families:
         metric = f.metric
         kind = metric.kind
@@ -139,7 +151,7 @@ def encode(families: list[Family]) -> bytes:
             body += varint(_HISTOGRAM)
             bounds = tuple(bytes((_B_BOUND,)) + _double(b) for b in metric.buckets)
             for labels, buckets, total, native in f.histograms:
-                sample = _label_pairs(metric.labels, labels) + _field(
+                sample = _label_pairs(metric.labels, labels, known) + _field(
                     _METRIC_HISTOGRAM, _histogram(bounds, buckets, total, native)
                 )
                 body += _field(_FAMILY_METRIC, sample)
@@ -148,7 +160,9 @@ def encode(families: list[Family]) -> bytes:
             key = _METRIC_COUNTER if kind == "counter" else _METRIC_GAUGE
             for labels, value in f.values:
                 sample = (
-                    _label_pairs(metric.labels, labels) + bytes((key, 9, _VALUE)) + _double(value)
+                    _label_pairs(metric.labels, labels, known)
+                    + bytes((key, 9, _VALUE))
+                    + _double(value)
                 )
                 body += _field(_FAMILY_METRIC, sample)
         out += varint(len(body))
