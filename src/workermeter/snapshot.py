@@ -31,6 +31,9 @@ from .layout import (
     L_METHOD,
     LOOP_VALUES,
     MAX_LEVEL,
+    PROCESS,
+    ROUTE,
+    Records,
     level_of,
     open_nofollow,
     read_fd,
@@ -81,6 +84,25 @@ class Snapshot:
             self._parts[(kind, key)] = [values]
         else:
             parts.append(values)
+
+    def add_counts(self, words: memoryview, records: Records) -> Records:
+        """Count the ROUTE and PROCESS records of ``records`` (positions in ``words``) as
+        :meth:`add_record` does, in one loop: a scrape of 64 workers x 200 routes meets
+        12,800 of them. Returns the other records."""
+        self._totals = None
+        parts = self._parts
+        rest = []
+        for record in records:
+            kind, key, start, end = record
+            if kind in (ROUTE, PROCESS):
+                have = parts.get((kind, key))
+                if have is None:
+                    parts[(kind, key)] = [words[start:end]]
+                else:
+                    have.append(words[start:end])
+            else:
+                rest.append(record)
+        return tuple(rest)
 
     @property
     def records(self) -> dict[tuple[int, str], list[int]]:

@@ -385,7 +385,7 @@ class Store:
         records: Records,
         path: Path,
     ) -> None:
-        for kind, key, start, end in records:
+        for kind, key, start, end in snap.add_counts(words, records):
             values = words[start:end]
             if kind == FOLDED:
                 snap.folded.add(key)
@@ -401,8 +401,6 @@ class Store:
                     snap.add_loop(int(key), [*values[:LOOP_VALUES], 0, 0, 0, 0, 0][:LOOP_VALUES])
                 except ValueError:
                     warn_once(path, f"bad slot key {key!r}")
-            else:
-                snap.add_record(kind, key, values)
 
     def _fold_dead(self) -> None:
         """Move every dead worker's totals into the archive and delete its files.
