@@ -118,6 +118,28 @@ def test_the_minute_under_way_counts_once(tmp_path: Path) -> None:
     assert worker["requests"] == 7 and worker["in_flight"] == 0 and worker["rss"] == 100 * MIB
 
 
+def test_a_minute_that_ended_shows_until_it_is_written(tmp_path: Path) -> None:
+    """Between a minute's end and the writer's tick, its requests stay on the page, in it;
+    once the writer is further behind than that, the page shows only what the file holds."""
+    w = World(tmp_path, T0 + 10)
+    w.serve(5, 1.0)
+    w.advance(60 - 15 + 0.5)  # into the next minute; the writer has not ticked
+    w.serve(1, 0.5)
+    data = w.status().data("range=1h")
+    assert [r["requests"] for r in data["rows"][-2:]] == [6, None]
+    assert data["rows"][-2]["time"] == "2023-11-14T22:14:00Z"
+    assert [r["requests"] for r in data["busiest"]] == [6]
+    w.writer.tick()  # as the writer writes it: the same minute, the same count
+    data = w.status().data("range=1h")
+    assert [r["requests"] for r in data["rows"][-2:]] == [6, 0]  # now the new one under way
+    assert [r["requests"] for r in data["busiest"]] == [6]
+    # A writer two minutes behind: nothing under way is shown.
+    w.serve(3, 0.5)
+    w.advance(120)
+    data = w.status().data("range=1h")
+    assert sum(r["requests"] or 0 for r in data["rows"]) == 6
+
+
 def test_an_answer_is_kept_only_while_no_row_is_written(tmp_path: Path) -> None:
     """One status answering again and again, as the page asks every 30 s: what it took from the
     file is kept while the file is unchanged, and read anew once a row is written."""

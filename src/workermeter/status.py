@@ -225,8 +225,12 @@ class Status:
         now: float,
         usages: dict[int, tuple[int, int, float]],
     ) -> h.Row | None:
-        """The minute under way, from the writer's cursor to now; None when the cursor is not
-        in it (no writer, or one that has fallen behind)."""
+        """The minute under way, from the writer's cursor to now; None when the cursor is
+        further back than the minute before (no writer, or one that has fallen behind).
+
+        Just after a minute ends, before the writer has written it, the cursor is still in that
+        minute: what was counted since goes in it, as the writer will write it (with the first
+        moments of the next minute), rather than out of sight until then."""
         if file is None:
             return None
         try:
@@ -234,8 +238,8 @@ class Status:
             before = hw.Totals.from_json(cursor["totals"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        minute = math.floor(now / 60)
-        if before.wall_ns // h.MINUTE != minute:
+        minute = before.wall_ns // h.MINUTE
+        if not 0 <= math.floor(now / 60) - minute <= 1:
             return None
         gauges = hw.Gauges()
         for rss, uss, _ in usages.values():
