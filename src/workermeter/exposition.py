@@ -63,10 +63,6 @@ def _process(snap: Snapshot) -> list[int]:
     return values + [0] * (rv.PROCESS_VALUES - len(values))
 
 
-def _cells(snap: Snapshot, start: int) -> list[int]:
-    return _process(snap)[start : start + rv.FINE_CELLS]
-
-
 class StoreCollector:
     """Collects every metric of a store directory at scrape time.
 
@@ -99,9 +95,10 @@ class StoreCollector:
         """Every metric family, read from the store now; with ``native``, each histogram
         with its native buckets too."""
         snap = self._store().collect()
+        process = _process(snap)
         return [
-            *self._requests(snap, native),
-            *self._process_records(snap, native),
+            *self._requests(snap, process, native),
+            *self._process_records(process, native),
             *self._workers(snap),
             *self._usage(snap.workers),
             *self._backlog(snap.workers),
@@ -119,7 +116,7 @@ class StoreCollector:
                         limit.add((listener.address,), listener.limit)
         return [backlog, limit]
 
-    def _requests(self, snap: Snapshot, native: bool) -> list[Family]:
+    def _requests(self, snap: Snapshot, process: list[int], native: bool) -> list[Family]:
         """The routes' families. At the coarse route detail a route's methods are added up and
         its histogram keeps the bounds of ``ROUTE_BUCKETS``; the service time of all routes
         keeps every bound, whatever the detail."""
@@ -161,7 +158,7 @@ class StoreCollector:
                 _native(b.ROUTE, cells) if native else None,
             )
         if by_route:  # in fine cells per lane; the sum is the routes'
-            cells = _cells(snap, rv.P_SERVICE)
+            cells = process[rv.P_SERVICE : rv.P_SERVICE + rv.FINE_CELLS]
             service.add_histogram(
                 (),
                 b.FINE.cumulative(cells),
@@ -175,8 +172,7 @@ class StoreCollector:
                 held.add((route,), held_ns / 1e9)
         return [requests, duration, service, cpu, cpu_wall, held]
 
-    def _process_records(self, snap: Snapshot, native: bool) -> list[Family]:
-        values = _process(snap)
+    def _process_records(self, values: list[int], native: bool) -> list[Family]:
         wait = Family(m.QUEUE_WAIT)
         cells = values[rv.P_QUEUE : rv.P_QUEUE + rv.FINE_CELLS]
         wait.add_histogram(

@@ -66,7 +66,8 @@ class _Prometheus:
     at: float
     fetch: Fetch
 
-    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+    def _data(self, promql: str) -> Any:
+        """The ``data`` of Prometheus's answer to an instant query."""
         params = urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
         body = self.fetch(f"{self.url}/api/v1/query?{params}", 30.0)
         try:
@@ -78,7 +79,10 @@ class _Prometheus:
         if not isinstance(answer, dict) or answer.get("status") != "success":
             error = answer.get("error", "no reason given") if isinstance(answer, dict) else ""
             raise SourceError(f"Prometheus refused the query {promql!r}: {error}")
-        data = answer.get("data", {})
+        return answer.get("data", {})
+
+    def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        data = self._data(promql)
         if data.get("resultType") == "scalar":
             return [({}, float(data["result"][1]))]
         out = []
@@ -94,10 +98,9 @@ class _Prometheus:
         """The cumulative ``(upper bound, count)`` pairs of the one native histogram ``promql``
         gives, as classic buckets by ``le`` would have them, with a pair for each empty stretch
         between buckets; none without one."""
-        params = urllib.parse.urlencode({"query": promql, "time": f"{self.at:.3f}"})
+        data = self._data(promql)
         try:
-            answer: Any = json.loads(self.fetch(f"{self.url}/api/v1/query?{params}", 30.0))
-            histogram = answer["data"]["result"][0]["histogram"][1]
+            histogram = data["result"][0]["histogram"][1]
             found = [(float(lo), float(hi), float(n)) for _, lo, hi, n in histogram["buckets"]]
         except (ValueError, KeyError, IndexError, TypeError):
             return []
