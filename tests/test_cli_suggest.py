@@ -142,7 +142,7 @@ def test_metrics_and_prometheus_agree_on_a_known_load(
     assert stored["measured"]["machine"]["processes"] == 2
     assert stored["measured"]["machine"]["threads"] == 1
     for key in ("processes", "threads", "machines", "lower_bound"):
-        assert stored["suggestion"][key] == live["suggestion"][key], key
+        assert stored["suggestion"][key] == live["suggestion"][key], (key, stored, live)
     assert live["suggestion"]["lower_bound"] is False
 
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import eventloop, threadpool
 from .access import allowed
@@ -14,9 +14,10 @@ from .integrations import route_from_scope
 from .listeners import own_listening_inodes
 from .options import Meter
 from .record_values import P_DISCONNECTS, P_UPLOADS, P_WEBSOCKETS
-from .recorder import STATUS_INDEX, UNMATCHED, Active, content_longer
+from .recorder import STATUS_INDEX, UNMATCHED, Active, Recorder, content_longer
 from .request_start import queue_wait
 from .server import Capacity, detect
+from .speedups import compiled
 
 log = logging.getLogger("workermeter")
 
@@ -31,39 +32,33 @@ _STATUS_INDEX = STATUS_INDEX
 _FORWARDING = (b"x-forwarded-for", b"forwarded", b"x-real-ip")
 
 
-class ASGIMiddleware(Meter):
-    """Measures every HTTP request of an ASGI application: queue wait, service time, CPU share,
-    concurrency and busy time, written to a store that all worker processes share.
+class ASGICall:
+    """ASGIMiddleware's ``__call__``, the per-request path, in pure Python: the reference, and
+    the fallback where the compiled one (``_hotpath.ASGICall``) is not built. It reads the
+    options ASGIMiddleware sets, and calls back its ``_not_http``, ``_own`` and ``_activate``."""
 
-    A request ends when the application returns. The worker counts from its lifespan startup
-    (before its first request), which also starts measuring its event loop's utilisation; the
-    lifespan events pass through untouched. WebSocket connections pass through and are counted
-    as open connections, not requests.
-    ``GET /metrics`` is answered as by :class:`~workermeter.WSGIMiddleware`, with the same options.
+    app: ASGIApp
+    route: Callable[[Scope], str | None]
+    recorder: Recorder
+    _own_paths: frozenset[str]
+    _own_suffixes: tuple[str, ...]
+    _wall_clock: Callable[[], float]
+    _cpu_clock: Callable[[], int]
+    _upload_bytes: int
+    _max_skew: float
+    _max_age: float
 
-    FastAPI / Starlette::
+    if TYPE_CHECKING:  # ASGIMiddleware's
 
-        app.add_middleware(ASGIMiddleware)
+        async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
-    Django (``asgi.py``)::
+        async def _own(self, scope: Scope, path: str, send: Send) -> None: ...
 
-        application = ASGIMiddleware(get_asgi_application())
-    """
-
-    wraps = "an ASGI application"
-    default_route = route_from_scope
-
-    _probe: asyncio.Task[None] | None = None  # the event-loop probe, once started
+        def _activate(self, found: Capacity | None = None) -> Active | None: ...
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "websocket":
-                await self._websocket(scope, receive, send)
-            else:
-                if kind == "lifespan" and self.recorder.active is None:
-                    self._starting(detect(None, sys._getframe(1)))
-                await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
         path = scope["path"]
         if self._own_paths and path.endswith(self._own_suffixes):
@@ -143,6 +138,48 @@ class ASGIMiddleware(Meter):
             if steps is not None:
                 lane.sampled(route, method, steps.cpu, steps.held, now - t0)
 
+
+if TYPE_CHECKING or compiled is None:  # noqa: SIM108  (a base class mypy can follow)
+    _Call = ASGICall
+else:
+    _Call = compiled.ASGICall
+
+
+class ASGIMiddleware(_Call, Meter):
+    """Measures every HTTP request of an ASGI application: queue wait, service time, CPU share,
+    concurrency and busy time, written to a store that all worker processes share.
+
+    A request ends when the application returns. The worker counts from its lifespan startup
+    (before its first request), which also starts measuring its event loop's utilisation; the
+    lifespan events pass through untouched. WebSocket connections pass through and are counted
+    as open connections, not requests.
+    ``GET /metrics`` is answered as by :class:`~workermeter.WSGIMiddleware`, with the same options.
+
+    FastAPI / Starlette::
+
+        app.add_middleware(ASGIMiddleware)
+
+    Django (``asgi.py``)::
+
+        application = ASGIMiddleware(get_asgi_application())
+    """
+
+    wraps = "an ASGI application"
+    default_route = route_from_scope
+
+    _probe: asyncio.Task[None] | None = None  # the event-loop probe, once started
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket is counted as a connection; the lifespan and the rest pass through."""
+        kind = scope["type"]
+        if kind == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if kind == "lifespan" and self.recorder.active is None:
+            # Up from the frame that awaits this: the server's, or ours under the pure path.
+            self._starting(detect(None, sys._getframe().f_back))
+        await self.app(scope, receive, send)
+
     def _starting(self, found: Capacity, tries: int = 100) -> None:
         """The lifespan startup: the worker is ready to serve, so it counts from now and its
         loop is measured from now. Its store is named after its listening socket, which uvicorn
@@ -160,8 +197,8 @@ class ASGIMiddleware(Meter):
 
     def _activate(self, found: Capacity | None = None) -> Active | None:
         if found is None:
-            # The frame that called __call__ belongs to the server (or to middleware above us).
-            found = detect(None, sys._getframe(1).f_back)
+            # Up from the frame that called this: the server's (or middleware's above us).
+            found = detect(None, sys._getframe().f_back)
         # Requests of one event loop run in one thread: the level needs no lock.
         active = self._attach(multithread=False, capacity=found.threads)
         if active is None:

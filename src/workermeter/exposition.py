@@ -224,6 +224,7 @@ class StoreCollector:
         open_ws = Family(m.OPEN_WEBSOCKETS)
         started = Family(m.WORKER_START)
         pid = Family(m.WORKER_PID)
+        info = Family(m.WORKER_INFO)
         pool_size = Family(m.POOL_SIZE)
         pool_in_use = Family(m.POOL_IN_USE)
         for w in snap.workers:
@@ -235,13 +236,14 @@ class StoreCollector:
             open_ws.add(labels, max(w.websockets, 0))
             started.add(labels, w.start_wall)
             pid.add(labels, w.pid)
+            info.add((str(w.slot), w.hot_path), 1)
             if w.pool_size:
                 pool_size.add(labels, w.pool_size)
                 pool_in_use.add(labels, w.pool_in_use)
         workers = Family(m.WORKERS)
         workers.add((), len(snap.workers))
         return [busy, all_busy, busy_slots, capacity_, known, in_flight, open_ws, started, pid,
-                workers, pool_size, pool_in_use, *self._loops(snap)]  # fmt: skip
+                info, workers, pool_size, pool_in_use, *self._loops(snap)]  # fmt: skip
 
     def _loops(self, snap: Snapshot) -> list[Family]:
         loop_busy = Family(m.LOOP_BUSY)

@@ -56,9 +56,11 @@ H_POOL_BUSY = 22  # thread-ns the pool's threads were taken, up to H_POOL_SINCE
 H_POOL_WAIT = 23  # task-ns spent waiting for a thread, up to H_POOL_SINCE
 H_POOL_SINCE = 24
 H_POOL_WAITING = 25  # tasks waiting for a thread now
+H_HOT_PATH = 26  # the hot path the worker runs: an index into HOT_PATHS (0: not told)
 HEADER_WORDS = 32
 
 LOOP_METHODS = ("", "asyncio", "uvloop", "gevent", "lag_estimate")
+HOT_PATHS = ("unknown", "python", "compiled")  # speedups.PATH, and 0 for a writer that did not say
 
 # Concurrency levels, chunk 0 only. ENTER[k]: monotonic time the level last rose to k.
 # ABOVE[k]: nanoseconds spent with at least k requests in flight, up to the last fall below k.

@@ -267,6 +267,15 @@ WORKER_PID = Metric(
     "",
     "Process id of the live worker holding this slot.",
 )
+WORKER_INFO = Metric(
+    "workermeter_worker_info",
+    "gauge",
+    ("worker", "path"),
+    "",
+    "Always 1; path says which hot path the live worker runs: compiled (the C extension) or "
+    "python (the pure-Python reference, where the extension is not built or WORKERMETER_PURE "
+    "is set).",
+)
 WORKERS = Metric(
     "workermeter_workers",
     "gauge",
@@ -338,9 +347,9 @@ METRICS: tuple[Metric, ...] = (
     REQUESTS, DURATION, SERVICE_TIME, QUEUE_WAIT, QUEUE_SKEW, QUEUE_REJECTED, QUEUE_UPLOADS,
     CPU, CPU_WALL, DISCONNECTS, WEBSOCKETS, LOOP_LAG, LOOP_BUSY, LOOP_OBSERVED, LOOP_HELD,
     POOL_SIZE, POOL_IN_USE, POOL_BUSY, POOL_WAITING, POOL_WAIT, CAPACITY, CAPACITY_KNOWN,
-    IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID, WORKERS,
-    RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, LISTEN_BACKLOG_LIMIT, HOST_MEMORY, HOST_AVAILABLE,
-    HOST_CPUS,
+    IN_FLIGHT, OPEN_WEBSOCKETS, BUSY, ALL_BUSY, BUSY_SLOTS, WORKER_START, WORKER_PID,
+    WORKER_INFO, WORKERS, RSS, USS, PROCESS_CPU, LISTEN_BACKLOG, LISTEN_BACKLOG_LIMIT,
+    HOST_MEMORY, HOST_AVAILABLE, HOST_CPUS,
 )  # fmt: skip
 
 

@@ -58,6 +58,7 @@ class WorkerState:
     pool_in_use: int = 0
     pool_waiting: int = 0
     requests: int = 0  # requests it completed, by its own records
+    hot_path: str = "unknown"  # the hot path it runs: layout.HOT_PATHS
 
 
 @dataclass

@@ -39,6 +39,7 @@ from .layout import (
     FIRST_RECORD,
     FOLDED,
     H_CAPACITY,
+    H_HOT_PATH,
     H_LEVEL,
     H_LISTENERS,
     H_MAGIC,
@@ -52,6 +53,7 @@ from .layout import (
     H_USED,
     H_WEBSOCKETS,
     HEADER_WORDS,
+    HOT_PATHS,
     LEVELS,
     LOOP_VALUES,
     LOOPS,
@@ -349,6 +351,7 @@ class Store:
                             pool_size=words[H_POOL_SIZE],
                             pool_in_use=words[H_POOL_IN_USE],
                             pool_waiting=words[H_POOL_WAITING],
+                            hot_path=_hot_path(words[H_HOT_PATH]),
                             listeners=tuple(
                                 i for i in words[H_LISTENERS : H_LISTENERS + MAX_LISTENERS] if i
                             ),
@@ -512,3 +515,7 @@ def _write_archive(path: Path, snap: Snapshot) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def _hot_path(index: int) -> str:
+    return HOT_PATHS[index] if 0 <= index < len(HOT_PATHS) else HOT_PATHS[0]

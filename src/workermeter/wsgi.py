@@ -6,15 +6,17 @@ import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .access import allowed
+from .hotpath import START_KEYS, LaneCore
 from .integrations import route_from_environ
 from .options import Meter
 from .record_values import P_DISCONNECTS, P_UPLOADS
-from .recorder import STATUS_BY_DIGIT, UNMATCHED, Active, Lane, content_longer
+from .recorder import STATUS_BY_DIGIT, UNMATCHED, Active, Recorder, content_longer
 from .request_start import queue_wait
 from .server import detect
+from .speedups import compiled
 
 log = logging.getLogger("workermeter")
 
@@ -23,7 +25,7 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-_START_KEYS = ("HTTP_X_REQUEST_START", "HTTP_X_QUEUE_START")
+_START_KEYS = START_KEYS
 _MOD_WSGI_KEYS = ("mod_wsgi.request_start", "mod_wsgi.queue_start")
 _QUEUE = "HTTP_X_QUEUE_START"
 _NO_BODY: tuple[bytes, ...] = ()
@@ -34,57 +36,29 @@ _OTHER = 5
 _FORWARDING = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP")
 
 
-class WSGIMiddleware(Meter):
-    """Measures every request of a WSGI application: queue wait, service time, CPU share,
-    concurrency and busy time, written to a store that all worker processes of the server share.
+class WSGICall:
+    """WSGIMiddleware's ``__call__``, the per-request path, in pure Python: the reference, and
+    the fallback where the compiled one (``_hotpath.WSGICall``) is not built. It reads the
+    options WSGIMiddleware sets, and calls back its ``_own``, ``_activate`` and ``_queue``."""
 
-    The service time runs until the server closes the response, so a streamed body counts in
-    full. ``GET /metrics`` is answered with the metrics of every worker, for loopback and private
-    clients or a bearer ``token``; others get 404.
+    app: WSGIApp
+    route: Callable[[Environ], str | None]
+    recorder: Recorder
+    _own_paths: frozenset[str]
+    _start_keys: tuple[str, ...]
+    _wall_clock: Callable[[], float]
+    _cpu_clock: Callable[[], int]
+    _upload_bytes: int
+    _max_skew: float
+    _max_age: float
 
-    :param app: the WSGI application.
-    :param route: ``route(environ) -> str | None`` giving the route template, called when the
-        response is done. The default reads what the integrations for Django, Flask and
-        Werkzeug leave in the environ; ``None`` from it is ``<unmatched>``.
-    :param threads: requests one process serves at once, when the server cannot tell.
-    :param metrics_path: where to answer scrapes; ``None`` serves none (see ``serve_metrics``).
-    :param status_path: where to serve the status page, under the same access rules (default
-        ``$WORKERMETER_STATUS_PATH``, else ``<metrics_path>/status``); ``None`` serves none.
-    :param token: the token that opens ``metrics_path`` and the status page to any client, as a
-        bearer token or the password of HTTP basic auth (default ``$WORKERMETER_TOKEN``).
-    :param directory: the store directory (default ``$WORKERMETER_DIR``, else one per server
-        instance under ``/dev/shm``).
-    :param route_limit: distinct route labels kept; more become ``<other>``.
-    :param cpu_sample: 1 request in this many has its thread CPU time measured; 0 for none.
-    :param upload_bytes: requests with a larger body have no queue wait observed (counted
-        instead): a proxy that forwards before the body has arrived makes uploads look like
-        queueing. Default 100,000.
-    :param max_skew: a proxy timestamp up to this many seconds in the future counts as no wait.
-    :param max_age: a proxy timestamp older than this many seconds is rejected.
-    :param recorder: a :class:`~workermeter.recorder.Recorder` to use instead (tests).
+    if TYPE_CHECKING:  # WSGIMiddleware's
 
-    Flask::
+        def _own(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]: ...
 
-        app.wsgi_app = WSGIMiddleware(app.wsgi_app)
+        def _activate(self, environ: Environ) -> Active | None: ...
 
-    Django (``wsgi.py``)::
-
-        application = WSGIMiddleware(get_wsgi_application())
-    """
-
-    wraps = "a WSGI application"
-    default_route = route_from_environ
-
-    # mod_wsgi's own environ keys are added when the first request shows it is mod_wsgi.
-    _start_keys: tuple[str, ...] = _START_KEYS
-
-    def __init__(self, app: WSGIApp, **options: Any) -> None:
-        super().__init__(app, **options)
-        if hasattr(sys.modules.get("mod_wsgi"), "threads_per_process"):
-            self._start_keys = _START_KEYS + _MOD_WSGI_KEYS  # in mod_wsgi's daemon process
-        # The app is built as the worker loads it (or in a master before it forks): a worker
-        # counts in the capacity from then on, not from its first request.
-        self._attach_when_ready(sys._getframe(1))
+        def _queue(self, environ: Environ, lane: LaneCore) -> None: ...
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         # The hot path. Its steps are written out rather than split into helper calls: each call
@@ -142,7 +116,65 @@ class WSGIMiddleware(Meter):
         response.body = body
         return response
 
-    def _queue(self, environ: Environ, lane: Lane) -> None:
+
+if TYPE_CHECKING or compiled is None:  # noqa: SIM108  (a base class mypy can follow)
+    _Call = WSGICall
+else:
+    _Call = compiled.WSGICall
+
+
+class WSGIMiddleware(_Call, Meter):
+    """Measures every request of a WSGI application: queue wait, service time, CPU share,
+    concurrency and busy time, written to a store that all worker processes of the server share.
+
+    The service time runs until the server closes the response, so a streamed body counts in
+    full. ``GET /metrics`` is answered with the metrics of every worker, for loopback and private
+    clients or a bearer ``token``; others get 404.
+
+    :param app: the WSGI application.
+    :param route: ``route(environ) -> str | None`` giving the route template, called when the
+        response is done. The default reads what the integrations for Django, Flask and
+        Werkzeug leave in the environ; ``None`` from it is ``<unmatched>``.
+    :param threads: requests one process serves at once, when the server cannot tell.
+    :param metrics_path: where to answer scrapes; ``None`` serves none (see ``serve_metrics``).
+    :param status_path: where to serve the status page, under the same access rules (default
+        ``$WORKERMETER_STATUS_PATH``, else ``<metrics_path>/status``); ``None`` serves none.
+    :param token: the token that opens ``metrics_path`` and the status page to any client, as a
+        bearer token or the password of HTTP basic auth (default ``$WORKERMETER_TOKEN``).
+    :param directory: the store directory (default ``$WORKERMETER_DIR``, else one per server
+        instance under ``/dev/shm``).
+    :param route_limit: distinct route labels kept; more become ``<other>``.
+    :param cpu_sample: 1 request in this many has its thread CPU time measured; 0 for none.
+    :param upload_bytes: requests with a larger body have no queue wait observed (counted
+        instead): a proxy that forwards before the body has arrived makes uploads look like
+        queueing. Default 100,000.
+    :param max_skew: a proxy timestamp up to this many seconds in the future counts as no wait.
+    :param max_age: a proxy timestamp older than this many seconds is rejected.
+    :param recorder: a :class:`~workermeter.recorder.Recorder` to use instead (tests).
+
+    Flask::
+
+        app.wsgi_app = WSGIMiddleware(app.wsgi_app)
+
+    Django (``wsgi.py``)::
+
+        application = WSGIMiddleware(get_wsgi_application())
+    """
+
+    wraps = "a WSGI application"
+    default_route = route_from_environ
+
+    def __init__(self, app: WSGIApp, **options: Any) -> None:
+        super().__init__(app, **options)
+        # mod_wsgi's own environ keys are added when the first request shows it is mod_wsgi.
+        self._start_keys = _START_KEYS
+        if hasattr(sys.modules.get("mod_wsgi"), "threads_per_process"):
+            self._start_keys = _START_KEYS + _MOD_WSGI_KEYS  # in mod_wsgi's daemon process
+        # The app is built as the worker loads it (or in a master before it forks): a worker
+        # counts in the capacity from then on, not from its first request.
+        self._attach_when_ready(sys._getframe(1))
+
+    def _queue(self, environ: Environ, lane: LaneCore) -> None:
         """The general case: several start values, or mod_wsgi's environ keys."""
         values = [str(environ[k]) for k in self._start_keys if k in environ]
         if not values:
@@ -158,9 +190,9 @@ class WSGIMiddleware(Meter):
         multithread = bool(environ.get("wsgi.multithread", True))
         if "mod_wsgi.version" in environ:
             self._start_keys = _START_KEYS + _MOD_WSGI_KEYS
-        # The frame that called __call__ is the server's own; None when a server written in C
-        # (uWSGI, mod_wsgi) called it.
-        found = detect(environ, sys._getframe(1).f_back)
+        # Up from the frame that called this, the server's own; None when a server written in C
+        # (uWSGI, mod_wsgi) called the compiled __call__.
+        found = detect(environ, sys._getframe().f_back)
         if found.threads is None and self.recorder.threads is None:
             log.warning(
                 "workermeter: %s does not say how many requests a worker serves at once; "
@@ -206,9 +238,9 @@ class _Response:
 
     __slots__ = ("body", "cpu0", "environ", "items", "lane", "mw", "route", "sr", "status", "t0")
 
-    mw: WSGIMiddleware
+    mw: WSGICall
     environ: Environ
-    lane: Lane | None  # None once closed
+    lane: LaneCore | None  # None once closed
     t0: int
     cpu0: int | None
     sr: StartResponse

@@ -27,11 +27,26 @@ class UsageError(Exception):
     """Bad input from the user: printed as ``workermeter: <message>``, exit status 2."""
 
 
+def about() -> str:
+    """The version, and which hot path this Python runs (compiled or pure Python)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..speedups import describe
+
+    try:
+        release = version("workermeter")
+    except PackageNotFoundError:  # run from a source tree
+        release = "(not installed)"
+    return f"workermeter {release}; {describe()}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="workermeter",
         description="How busy are your Python web workers, and how many do you need?",
+        epilog=about(),
     )
+    parser.add_argument("--version", action="version", version=about())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
