@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import pure
 from prometheus_client import CollectorRegistry, Gauge, Histogram, values
 
 from workermeter import ASGIMiddleware, WSGIMiddleware
@@ -27,6 +28,9 @@ from workermeter.request_start import parse_timestamp
 
 Case = Callable[[], None]
 ROUTE = "/items/{id}"
+# workermeter's compiled hot path is "workermeter", where it is built; its pure-Python one, in
+# the same process (pure.py), is this.
+PURE = "workermeter, pure Python"
 
 
 def wsgi_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -274,6 +278,7 @@ def wsgi_cases() -> dict[str, Case]:
     return {
         "bare": drive_wsgi(wsgi_app),
         "workermeter": drive_wsgi(WSGIMiddleware(wsgi_app, directory=_store())),
+        PURE: drive_wsgi(pure.load().WSGIMiddleware(wsgi_app, directory=_store())),
         "workermeter, threaded server": drive_wsgi(
             WSGIMiddleware(wsgi_app, directory=_store(), threads=4), multithread=True
         ),
@@ -294,6 +299,7 @@ def asgi_cases() -> dict[str, Case]:
     return {
         "bare": drive_asgi(asgi_app),
         "workermeter": drive_asgi(ASGIMiddleware(asgi_app, directory=_store(), threads=1)),
+        PURE: drive_asgi(pure.load().ASGIMiddleware(asgi_app, directory=_store(), threads=1)),
         "prometheus_client by hand": drive_asgi(HandWrittenASGI(asgi_app, HandWritten())),
         "prometheus_client by hand, no header": drive_asgi(
             HandWrittenASGI(asgi_app, HandWritten(header=False))

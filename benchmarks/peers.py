@@ -14,7 +14,9 @@ import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
+import pure
 from cases import (
+    PURE,
     ROUTE,
     Case,
     HandWritten,
@@ -113,9 +115,9 @@ def flask_app() -> Any:
     return app
 
 
-def _flask_wm() -> Case:
+def _flask_wm(middleware: type[WSGIMiddleware] = WSGIMiddleware) -> Case:
     app = flask_app()
-    app.wsgi_app = WSGIMiddleware(app.wsgi_app, directory=_store())  # type: ignore[method-assign]
+    app.wsgi_app = middleware(app.wsgi_app, directory=_store())  # type: ignore[method-assign]
     return drive_wsgi(app, route=False)
 
 
@@ -153,6 +155,7 @@ def flask_cases() -> Group:
     return {
         "bare": drive_wsgi(flask_app(), route=False),
         "workermeter": _flask_wm(),
+        PURE: _flask_wm(pure.load().WSGIMiddleware),
         "prometheus_client by hand": _flask_hand(),
         "prometheus-flask-exporter": _guard(_flask_exporter),
         "OpenTelemetry WSGI (metrics only)": _guard(_flask_otel),
@@ -217,6 +220,11 @@ def fastapi_cases() -> Group:
         "bare": drive_asgi(fastapi_app(), route=False, in_loop=True),
         "workermeter": _fastapi(
             lambda app: app.add_middleware(ASGIMiddleware, directory=_store(), threads=1)
+        )(),
+        PURE: _fastapi(
+            lambda app: app.add_middleware(
+                pure.load().ASGIMiddleware, directory=_store(), threads=1
+            )
         )(),
         "prometheus_client by hand": _fastapi(
             lambda app: app.add_middleware(HandWrittenASGI, meter=HandWritten())
@@ -290,6 +298,9 @@ def django_cases() -> Group:
         "bare": drive_wsgi(_django([]), route=False),
         "workermeter": drive_wsgi(
             WSGIMiddleware(_django([_ROUTE_MW]), directory=_store()), route=False
+        ),
+        PURE: drive_wsgi(
+            pure.load().WSGIMiddleware(_django([_ROUTE_MW]), directory=_store()), route=False
         ),
         "prometheus_client by hand": drive_wsgi(
             HandWrittenWSGI(_django([_ROUTE_MW]), HandWritten()), route=False

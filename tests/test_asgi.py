@@ -240,6 +240,21 @@ def test_route_function_failing_is_unmatched(recorder: Recorder) -> None:
 # --------------------------------------------------------------------------- other scopes
 
 
+def test_servers_can_tell_an_asgi3_app(recorder: Recorder) -> None:
+    """uvicorn (interface "auto") and others pick ASGI 3 when the app's __call__ is a coroutine
+    function, else take it for an ASGI 2 app and call it with the scope alone: so must it be,
+    compiled or not."""
+    import inspect
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        pass
+
+    mw = ASGIMiddleware(app, recorder=recorder)
+    assert asyncio.iscoroutinefunction(mw.__call__)
+    assert inspect.iscoroutinefunction(mw.__call__)
+    assert not inspect.isclass(mw) and not inspect.isfunction(mw)
+
+
 def test_lifespan_passes_through_untouched(recorder: Recorder) -> None:
     seen: list[tuple[Scope, Receive, Send]] = []
 

@@ -144,4 +144,5 @@ def test_every_declared_gauge_and_counter_family_appears() -> None:
         "workermeter_open_websockets",
         "workermeter_busy_slots_seconds",
         "workermeter_worker_start_time_seconds",
+        "workermeter_worker_info",
     }

@@ -86,6 +86,8 @@ cdef extern from "Python.h":
     Py_buffer *PyMemoryView_GET_BUFFER(object)
     PyObject *PyDict_GetItemWithError(object, object) except? NULL
     Py_ssize_t PyObject_LengthHint(object, Py_ssize_t) except -1
+    Py_ssize_t PyUnicode_Tailmatch(object, object, Py_ssize_t, Py_ssize_t, int) except -1
+    Py_ssize_t PY_SSIZE_T_MAX
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
     bint PyUnicode_IS_ASCII(object)
     double PyOS_string_to_double(const char *, char **, PyObject *) except? -1.0
@@ -440,6 +442,33 @@ cdef inline int64_t set_level(int64_t word, int64_t level) noexcept nogil:
     return (word & ~LEVEL_MASK) | level
 
 
+cdef double[23] POWERS = [10.0 ** k for k in range(23)]
+
+
+cdef inline double decimal(const char *s, Py_ssize_t n) noexcept nogil:
+    """The double nearest the decimal number of ``n`` digits with at most one point at ``s``,
+    when its digits make an integer below 2**53 and it has at most 22 after the point: that
+    integer and the power of ten are exact doubles, so their quotient is correctly rounded (as
+    strtod's is). -1.0 otherwise, for strtod to work it out."""
+    cdef uint64_t m = 0
+    cdef int after = -1
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] == b'.':
+            after = 0
+            continue
+        m = m * 10 + <uint64_t> (s[i] - 48)
+        if m >= (<uint64_t> 1) << 53:
+            return -1.0
+        if after >= 0:
+            after += 1
+    if after > 22:
+        return -1.0
+    if after <= 0:
+        return <double> m
+    return (<double> m) / POWERS[after]
+
+
 cdef double parse_one(str value) except? -2.0:
     """request_start.parse_timestamp for one plain number, bare or after ``t=``, of ASCII digits
     and at most one point: its Unix seconds, or -1.0 for anything else, which the general path
@@ -461,7 +490,9 @@ cdef double parse_one(str value) except? -2.0:
     if dots > 1 or digits == 0:
         return -1.0
     # Correctly rounded, as float() and float(int()) are: the same double.
-    cdef double number = PyOS_string_to_double(s, NULL, NULL)
+    cdef double number = decimal(s, n)
+    if number < 0.0:
+        number = PyOS_string_to_double(s, NULL, NULL)
     if number > EPOCH_S:
         if number <= EPOCH_MS:
             return number
@@ -525,6 +556,16 @@ cdef object scope_route(object scope):
     return template
 
 
+cdef inline bint ends_with(object path, object suffixes) except -1:
+    """``path.endswith(suffixes)``, for a str and a tuple of them without the method call."""
+    if type(path) is not str or type(suffixes) is not tuple:
+        return path.endswith(suffixes)
+    for suffix in <tuple> suffixes:
+        if PyUnicode_Tailmatch(path, suffix, 0, PY_SSIZE_T_MAX, 1):
+            return True
+    return False
+
+
 cdef inline object mounted(object prefix, object template):
     return prefix.rstrip("/") + template if prefix else template
 
@@ -532,12 +573,13 @@ cdef inline object mounted(object prefix, object template):
 cdef object FAILED = object()  # what route_of gives when the route function fails
 
 
-cdef object route_of(object function, object environ, object default, object written_out):
-    """The route the user's (or the default) function names; FAILED when it raises (logged)."""
+cdef object route_of(object function, object request, bint asgi):
+    """The route the user's (or the default) function names for a WSGI environ or an ASGI
+    scope; FAILED when it raises (logged)."""
     try:
-        if function is default:
-            return written_out(environ)
-        return function(environ)
+        if asgi:
+            return scope_route(request) if function is _route_from_scope else function(request)
+        return environ_route(request) if function is _route_from_environ else function(request)
     except Exception:  # a user's route function must not break the response
         log.exception("workermeter: route function failed")
         return FAILED
@@ -558,7 +600,7 @@ cdef class WSGICall:
     cdef public double _max_age
 
     def __call__(self, environ, start_response):
-        if dict_get(environ, "PATH_INFO", None) in self._own_paths:
+        if self._own_paths and dict_get(environ, "PATH_INFO", None) in self._own_paths:
             return self._own(environ, start_response)
         active = self.recorder.active
         if active is None:
@@ -638,7 +680,7 @@ cdef class Response:
         else:
             self.status = _STATUS_BY_DIGIT.get(status[:1], _OTHER)
         # Name the route now, while the framework still holds its request: see wsgi._Response.
-        route = route_of(self.mw.route, self.environ, _route_from_environ, environ_route)
+        route = route_of(self.mw.route, self.environ, False)
         if route is not FAILED:
             self.route = route
         if exc_info is None:
@@ -675,7 +717,7 @@ cdef class Response:
         finally:
             route = self.route
             if not route:  # start_response was not called, or named none: ask again
-                route = route_of(self.mw.route, self.environ, _route_from_environ, environ_route)
+                route = route_of(self.mw.route, self.environ, False)
                 if route is FAILED or not route:
                     route = UNMATCHED
             items = self.items
@@ -699,7 +741,7 @@ cdef class Send:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-        elif kind == "http.response.body" and not message.get("more_body", False):
+        elif kind == "http.response.body" and not dict_get(message, "more_body", False):
             self.complete = True
         return self.send(message)
 
@@ -718,7 +760,11 @@ cdef object flatten(object start):
 
 
 cdef class ASGICall:
-    """ASGIMiddleware's __call__: see asgi.ASGICall."""
+    """ASGIMiddleware's __call__ (as ``call``): see asgi.ASGICall.
+
+    A special method ``__call__`` of an extension type is a C slot, which servers cannot tell
+    from a plain callable: uvicorn and others look for a coroutine function to pick ASGI 3.
+    ``call`` is one (a Cython coroutine function), and ASGIMiddleware makes it its __call__."""
 
     cdef public object app
     cdef public object route
@@ -731,12 +777,12 @@ cdef class ASGICall:
     cdef public double _max_skew
     cdef public double _max_age
 
-    async def __call__(self, scope, receive, send):
+    async def call(self, scope, receive, send):
         if scope["type"] != "http":
             await self._not_http(scope, receive, send)
             return
         path = scope["path"]
-        if self._own_paths and path.endswith(self._own_suffixes):
+        if self._own_paths and ends_with(path, self._own_suffixes):
             # ASGI paths include the root path the app is mounted under (behind a proxy).
             root = dict_get(scope, "root_path", "")
             if root and path.startswith(root):
@@ -799,7 +845,7 @@ cdef class ASGICall:
             send_.status = 500
             raise
         finally:
-            route = route_of(self.route, scope, _route_from_scope, scope_route)
+            route = route_of(self.route, scope, True)
             if route is FAILED or not route:
                 route = UNMATCHED
             status = send_.status

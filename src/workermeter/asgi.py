@@ -164,6 +164,11 @@ class ASGIMiddleware(_Call, Meter):
         application = ASGIMiddleware(get_asgi_application())
     """
 
+    if compiled is not None and not TYPE_CHECKING:
+        # A coroutine function, as servers look for one to tell an ASGI 3 app (the compiled
+        # class's own __call__ would be a C slot, which they cannot tell from a plain callable).
+        __call__ = compiled.ASGICall.call
+
     wraps = "an ASGI application"
     default_route = route_from_scope
 
