@@ -1,7 +1,8 @@
 """End to end: python benchmarks/end_to_end.py [--rounds 5] [--seconds 3]
 
 Starts gunicorn (sync, ``-w 2``) serving the Flask app and uvicorn (one process) serving the
-FastAPI app of ``e2e_app.py``, once bare and once with each meter, all on 127.0.0.1, and loads
+FastAPI app of ``e2e_app.py``, once bare and once with each meter (workermeter on its compiled
+and on its pure-Python hot path), all on 127.0.0.1, and loads
 each with ``wrk`` (Debian package ``wrk``) for a few seconds per round. Rounds are interleaved:
 every round loads every server and endpoint once, in the same order, so that whatever else the
 machine does hits all alike. Prints requests/s and p99 latency, median and range across rounds.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -40,6 +42,7 @@ SERVERS = {
     ),
 }  # fmt: skip
 ENDPOINTS = ("/hello", "/work")
+PURE = "workermeter, pure Python"
 
 
 @dataclass
@@ -56,7 +59,11 @@ def start(server: str, meter: str, port: int, tmp: Path) -> Target:
     framework, _, argv = SERVERS[server]
     env = dict(os.environ, BENCH_METER=meter, BENCH_FRAMEWORK=framework)
     env["PYTHONPATH"] = str(HERE)
-    if meter == "workermeter":
+    env.pop("WORKERMETER_PURE", None)
+    if meter == PURE:  # the same middleware, on the pure-Python hot path
+        env["WORKERMETER_PURE"] = "1"
+        env["BENCH_METER"] = "workermeter"
+    if meter in ("workermeter", PURE):
         env["WORKERMETER_DIR"] = tempfile.mkdtemp(dir=tmp, prefix="store-")
     elif meter != "bare":  # prometheus_client's multiprocess mode, as a pre-fork server needs
         env["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(dir=tmp, prefix="prom-")
@@ -120,7 +127,7 @@ def main() -> None:
         try:
             port = 18600
             for server, (_, peers, _) in SERVERS.items():
-                for meter in ["bare", "workermeter", *peers]:
+                for meter in ["bare", "workermeter", PURE, *peers]:
                     targets.append(start(server, meter, port, Path(tmp)))
                     port += 1
             for t in targets:
@@ -139,6 +146,15 @@ def main() -> None:
     report(targets, args)
 
 
+def bootstrap(values: list[float], resamples: int = 4000) -> tuple[float, float]:
+    """A 95% interval of the median of ``values`` (percentile bootstrap, fixed seed)."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    return medians[int(resamples * 0.025)], medians[int(resamples * 0.975) - 1]
+
+
 def report(targets: list[Target], args: argparse.Namespace) -> None:
     print(f"{args.rounds} interleaved rounds of {args.seconds} s, wrk -t 1 -c {args.connections}")
     rows = []
@@ -148,19 +164,25 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
             bare = statistics.median(group[0].rps[path])
             print(f"\n{server}, {path}")
             print(
-                f"{'meter':36s} {'req/s (min-max)':>24s} {'vs bare':>8s} {'p99 ms (min-max)':>22s}"
+                f"{'meter':36s} {'req/s (min-max)':>24s} {'vs bare':>8s} {'95% CI':>16s} "
+                f"{'p99 ms (min-max)':>22s}"
             )
             for t in group:
                 rps, p99 = t.rps[path], t.p99[path]
                 med = statistics.median(rps)
                 change = (med - bare) / bare * 100
+                # Each round against the bare server's in the same round: the pairs cancel what
+                # the machine did meanwhile; the interval is a bootstrap of their median.
+                paired = [(r - b) / b * 100 for r, b in zip(rps, group[0].rps[path], strict=True)]
+                low, high = bootstrap(paired)
                 print(
                     f"{t.meter:36s} {med:8.0f} ({min(rps):6.0f}-{max(rps):6.0f}) "
-                    f"{change:+7.1f}% {statistics.median(p99):8.2f} "
-                    f"({min(p99):5.2f}-{max(p99):5.2f})"
+                    f"{change:+7.1f}% {low:+6.1f} to {high:+5.1f}% "
+                    f"{statistics.median(p99):8.2f} ({min(p99):5.2f}-{max(p99):5.2f})"
                 )
                 rows.append({"server": server, "path": path, "meter": t.meter, "rps": rps,
-                             "p99_ms": p99, "change_pct": change})  # fmt: skip
+                             "p99_ms": p99, "change_pct": change, "paired_pct": paired,
+                             "ci95_pct": [low, high]})  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -852,7 +852,7 @@ cdef class ASGICall:
             if not send_.complete and status != 500:
                 count(ln, C_P_DISCONNECTS)
             method = dict_get(scope, "method", "")
-            if type(status) is int and 100 <= <long> status < 600:
+            if type(status) is int and 100 <= status < 600:  # compared as ints of any size
                 index = <long> status // 100 - 1
             else:
                 index = _STATUS_INDEX.get(status, 5)

@@ -4,7 +4,7 @@
 
 The compiled one is used when it imports; ``WORKERMETER_PURE=1`` forces the pure one. Both write
 the same values: the choice changes what a request costs, not what is measured.
-``workermeter_build_info``'s ``path`` label and ``workermeter``'s first line say which runs.
+``workermeter_worker_info``'s ``path`` label and ``workermeter``'s first line say which runs.
 """
 
 from __future__ import annotations
