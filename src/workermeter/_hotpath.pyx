@@ -92,6 +92,10 @@ cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
     double PyOS_string_to_double(const char *, char **, PyObject *) except? -1.0
     object PyUnicode_DecodeLatin1(const char *, Py_ssize_t, const char *)
+    PyObject *PyIter_Next(object)  # NULL at the end, or with an exception set
+    PyObject *PyErr_Occurred()
+    bint PyErr_ExceptionMatches(PyObject *)
+    void Py_DECREF(PyObject *)
 
 log = logging.getLogger("workermeter")
 
@@ -509,6 +513,7 @@ cdef double parse_one(str value) except? -2.0:
 
 cdef object _NO_BODY = ()
 cdef object _DONE = iter(())  # an iterator with nothing left
+cdef object _ENDED = object()  # a streamed body that has ended or raised
 cdef Py_ssize_t _5XX = STATUS_BY_DIGIT["5"]
 cdef Py_ssize_t _OTHER = 5
 cdef object _START_KEYS = START_KEYS
@@ -668,6 +673,7 @@ cdef class Response:
     cdef object route
     cdef object body
     cdef object items
+    cdef object it  # a streamed body's iterator, once the server asks for its first chunk
 
     def __call__(self, status, headers, exc_info=None):
         return self.start_response(status, headers, exc_info)
@@ -692,16 +698,38 @@ cdef class Response:
         if type(body) is list:
             self.items = items = iter(body)
             return items
-        return self._stream(body)
+        return self  # a streamed body: see __next__
 
-    def _stream(self, body):
-        try:
-            yield from body
-        except Exception:  # the app failed while streaming: a 5xx, not a client going away
+    def __next__(self):
+        # wsgi._Response._stream, without a generator: the same chunks, the same 5xx when the
+        # app fails while streaming, the same end once the body is all sent.
+        # Like a generator's, the stream is over once it has ended or raised: the body is not
+        # asked again.
+        it = self.it
+        if it is None:
+            self.it = _ENDED
+            try:
+                it = iter(self.body)
+            except Exception:
+                self.status = _5XX
+                self.items = _DONE
+                raise
+            self.it = it
+        elif it is _ENDED:
+            raise StopIteration
+        cdef PyObject *chunk = PyIter_Next(it)
+        if chunk is not NULL:
+            value = <object> chunk
+            Py_DECREF(chunk)  # PyIter_Next's reference: value holds its own
+            return value
+        self.it = _ENDED
+        if PyErr_Occurred() is NULL:
+            self.items = _DONE
+            raise StopIteration
+        if PyErr_ExceptionMatches(<PyObject *> Exception):
             self.status = _5XX
             self.items = _DONE
-            raise
-        self.items = _DONE
+        pending()
 
     def close(self):
         lane = self.lane
@@ -727,6 +755,11 @@ cdef class Response:
                 lane, route, dict_get(self.environ, "REQUEST_METHOD", ""), self.status, self.t0,
                 self.cpu0,
             )
+
+
+cdef inline int pending() except -1:
+    """Raises the exception that is set: -1 tells the caller one is."""
+    return -1
 
 
 cdef class Send:
