@@ -28,6 +28,8 @@ have protoc || missing+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/timestamp.proto ] || missing+=(libprotobuf-dev)
 # uWSGI and mod_wsgi are compiled from PyPI by the pip install below.
 have gcc || missing+=(gcc libc6-dev)
+# The compiled hot path's memory checks.
+have valgrind || missing+=(valgrind)
 # Node runs the KEDA and prometheus-operator CRD schemas the Kubernetes recipes are checked against.
 have node || missing+=(nodejs)
 have npm || missing+=(npm)
@@ -56,9 +58,12 @@ if [ ! -d "$models/node_modules/@kubernetes-models/keda" ] \
 fi
 
 # The event-loop tests also run their servers on the oldest and newest Python pyenv has here:
-# asyncio's internals differ between versions. Each gets a virtual environment with the servers;
-# workermeter itself is imported from src/.
+# asyncio's internals differ between versions. Each gets a virtual environment with the servers
+# and what the core tests need; workermeter itself is imported from src/, where the compiled hot
+# path is built for each Python beside the one pip built above.
 loop_deps=(uvicorn uvloop httptools starlette anyio gunicorn packaging gevent prometheus-client psutil)
+core_deps=(pytest pytest-timeout hypothesis requests "Cython>=3.0.10" "setuptools>=77")
+others=()
 for version in 3.10 3.13; do
     found=$(ls -d "${PYENV_ROOT:-/root/.pyenv}/versions/$version".*/bin/python 2>/dev/null | tail -1)
     [ -n "$found" ] || continue
@@ -67,14 +72,51 @@ for version in 3.10 3.13; do
         "$found" -m venv "$venv" || exit 1
     fi
     PIP_ROOT_USER_ACTION=ignore "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-        "${loop_deps[@]}" || exit 1
+        "${loop_deps[@]}" "${core_deps[@]}" || exit 1
+    # The build directory goes to /tmp: a build/ here would shadow the `build` package
+    # tests/test_packaging.py runs.
+    temp=$(mktemp -d)
+    "$venv/bin/python" setup.py -q build_ext --inplace -b "$temp/lib" -t "$temp/temp" >/dev/null || exit 1
+    rm -rf "$temp"
+    others+=("$venv/bin/python")
 done
 
 status=0
-echo "ruff check src tests benchmarks grafana scripts"
-"$PYTHON" -m ruff check src tests benchmarks grafana scripts || status=1
+echo "ruff check src tests benchmarks grafana scripts setup.py"
+"$PYTHON" -m ruff check src tests benchmarks grafana scripts setup.py || status=1
 echo "mypy"
 "$PYTHON" -m mypy || status=1
-# pytest last, so that its summary closes the output.
-"$PYTHON" -m pytest "$@" || status=1
+
+# The whole suite runs on both hot paths: the compiled one here, the pure-Python one
+# (WORKERMETER_PURE=1, which the servers the tests start inherit) beside it, at the same time
+# on the machine's two cores, followed by the core tests (no servers) on the other Pythons, on
+# both paths. The second lane's output is printed when it is done; the first lane's summary
+# closes the output.
+CORE=(tests/test_recorder.py tests/test_request_start.py tests/test_wsgi.py tests/test_asgi.py
+      tests/test_store.py tests/test_exposition.py tests/test_textformat.py
+      tests/test_hotpath_differential.py tests/test_hotpath_memory.py)
+lanes=$(mktemp -d)
+(
+    lane=0
+    echo "== the whole suite on the pure-Python hot path (WORKERMETER_PURE=1)"
+    WORKERMETER_PURE=1 "$PYTHON" -m pytest -p no:cacheprovider --basetemp="$lanes/pure" "$@" \
+        || lane=1
+    for python in "${others[@]}"; do
+        for pure in 0 1; do
+            echo "== core tests on $("$python" -V), WORKERMETER_PURE=$pure"
+            WORKERMETER_PURE=$pure PYTHONPATH=src:tests "$python" -m pytest -p no:cacheprovider \
+                --basetemp="$lanes/py-$pure" -q "${CORE[@]}" -k "not valgrind" || lane=1
+        done
+    done
+    exit "$lane"
+) >"$lanes/second.log" 2>&1 &
+second=$!
+echo "== the whole suite on the compiled hot path"
+compiled=passed
+"$PYTHON" -m pytest --basetemp="$lanes/compiled" "$@" || { compiled=FAILED; status=1; }
+pure=passed
+wait "$second" || { pure=FAILED; status=1; }
+cat "$lanes/second.log"
+rm -rf "$lanes"
+echo "== compiled hot path: $compiled; pure-Python hot path and the other Pythons: $pure"
 exit "$status"

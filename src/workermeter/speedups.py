@@ -9,6 +9,7 @@ the same values: the choice changes what a request costs, not what is measured.
 
 from __future__ import annotations
 
+import importlib
 import os
 import platform
 from types import ModuleType
@@ -28,9 +29,12 @@ def _load() -> tuple[ModuleType | None, str]:
     if platform.python_implementation() != "CPython":
         return None, f"built for CPython, this is {platform.python_implementation()}"
     try:
-        from . import _hotpath
-    except ImportError as e:  # not built (no C compiler at install), or built for another Python
+        # Not `from . import`: that raises a plain ImportError for a module that is not there.
+        _hotpath = importlib.import_module("._hotpath", __package__)
+    except ModuleNotFoundError as e:  # not built: no C compiler or no Cython at install
         return None, f"not built ({e})"
+    except ImportError as e:  # there, but not loadable: built for another Python, damaged
+        return None, f"cannot load ({e})"
     return _hotpath, ""
 
 
