@@ -62,6 +62,9 @@ def main() -> None:
         "--requests", type=int, default=20000, help="bare WSGI/ASGI; frameworks /10"
     )
     parser.add_argument("--group", action="append", help="default: all")
+    parser.add_argument(
+        "--case", action="append", help="count only these cases (and the bare app); default: all"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -77,7 +80,7 @@ def main() -> None:
         rows: dict[str, float | str] = {"bare": bare}
         print(f"\n{group}: instructions per request (bare app: {bare:,.0f})", flush=True)
         for name, case in cases.items():
-            if name == "bare":
+            if name == "bare" or (args.case and name not in args.case):
                 continue
             if isinstance(case, str):
                 rows[name] = case

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,17 @@ def exporters() -> Iterator[list[Any]]:
     yield started
     for exporter in started:
         exporter.stop()
+
+
+@pytest.fixture
+def alone() -> Iterator[None]:
+    """Held for the whole test, by one test at a time across every pytest process of this
+    machine: for tests that load both cores and assert what the load did (the demo saturates
+    its workers). scripts/test.sh runs two pytest processes at once, one per hot path."""
+    path = Path(tempfile.gettempdir()) / "workermeter-tests-alone.lock"
+    with path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -12,24 +12,40 @@ import time
 from collections.abc import Iterator
 
 import psutil
+import pytest
 import requests
 
 import servers
 
+# Each demo loads both cores for its whole run and asserts that its workers were saturated.
+pytestmark = pytest.mark.usefixtures("alone")
+
 DEMO_APPS = {"workermeter.demo_app:application", "workermeter.demo_app:asgi_application"}
 
 
+# Set in the environment of the demos this process starts, and so of their servers: the demos
+# of another test process running at the same time (scripts/test.sh runs two) are not ours.
+MARK = "TEST_DEMO_OWNER"  # the demo passes on all but WORKERMETER_* variables
+TOKEN = f"{os.getpid()}-{time.time_ns()}"
+
+
 def demo_processes(since: float) -> list[psutil.Process]:
-    """Live processes serving a demo app that started after ``since`` (so not anyone else's
-    demo from before this test)."""
+    """Live processes serving a demo app of this test process that started after ``since`` (so
+    not anyone else's demo, nor one from before this test)."""
     found = []
     for proc in psutil.process_iter(["cmdline", "create_time", "status"]):
         info = proc.info
-        if (
+        if not (
             DEMO_APPS & set(info["cmdline"] or [])
             and info["create_time"] >= since - 1
             and info["status"] != psutil.STATUS_ZOMBIE
         ):
+            continue
+        try:
+            ours = proc.environ().get(MARK) == TOKEN
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue  # ended meanwhile
+        if ours:
             found.append(proc)
     return found
 
@@ -37,6 +53,7 @@ def demo_processes(since: float) -> list[psutil.Process]:
 def environment() -> dict[str, str]:
     env = servers.server_env(None)
     env["COLUMNS"] = "120"
+    env[MARK] = TOKEN
     return env
 
 

@@ -362,6 +362,19 @@ def configs(multithread: bool | None = None) -> st.SearchStrategy[Config]:
     )
 
 
+def config_recorder(path: str, directory: Path, clocks: Clocks, config: Config) -> Any:
+    """``path``'s recorder with the options of ``config``."""
+    return make_recorder(
+        graphs()[path],
+        directory,
+        clocks,
+        threads=config.threads,
+        route_limit=config.route_limit,
+        cpu_sample=config.cpu_sample,
+        upload_bytes=config.upload_bytes,
+    )
+
+
 def route_function(kind: str, name: str) -> Callable[[Any], str | None] | None:
     """The route function of a config: None for the middleware's default. ``name`` is the
     path's key in the environ or the scope."""
@@ -682,15 +695,7 @@ def run_wsgi(
     still in flight, and once they are closed too; and what the server saw."""
     clocks = Clocks()
     directory = base / path
-    recorder = make_recorder(
-        graphs()[path],
-        directory,
-        clocks,
-        threads=config.threads,
-        route_limit=config.route_limit,
-        cpu_sample=config.cpu_sample,
-        upload_bytes=config.upload_bytes,
-    )
+    recorder = config_recorder(path, directory, clocks, config)
     try:
         mw = graphs()[path].wsgi.WSGIMiddleware(
             wsgi_app(clocks),
@@ -1053,15 +1058,7 @@ def run_asgi(
 ) -> tuple[list[State], list[str]]:
     clocks = Clocks()
     directory = base / path
-    recorder = make_recorder(
-        graphs()[path],
-        directory,
-        clocks,
-        threads=config.threads,
-        route_limit=config.route_limit,
-        cpu_sample=config.cpu_sample,
-        upload_bytes=config.upload_bytes,
-    )
+    recorder = config_recorder(path, directory, clocks, config)
     try:
         gates: dict[int, asyncio.Event] = {}
         mw = graphs()[path].asgi.ASGIMiddleware(
