@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,6 +94,17 @@ def exporters() -> Iterator[list[Any]]:
     yield started
     for exporter in started:
         exporter.stop()
+
+
+@contextlib.contextmanager
+def switching_often() -> Iterator[None]:
+    """While held, the interpreter switches threads every 10 µs: in the middle of requests."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(switch)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import workermeter.speedups
 import workermeter.store
 import workermeter.textformat
 import workermeter.wsgi
-from conftest import FakeClock, FakeWallClock
+from conftest import FakeClock, FakeWallClock, switching_often
 from promtext import parse, total, value
 from workermeter import layout
 from workermeter import record_values as rv
@@ -1293,15 +1293,11 @@ def serve_in_threads(path: str, directory: Path, nthreads: int, each: int) -> St
                 failures.append(e)
 
         threads = [threading.Thread(target=serve) for _ in range(nthreads)]
-        switch = sys.getswitchinterval()
-        sys.setswitchinterval(1e-5)  # switch threads often, in the middle of requests
-        try:
+        with switching_often():
             for t in threads:
                 t.start()
             for t in threads:
                 t.join(60)
-        finally:
-            sys.setswitchinterval(switch)
         assert failures == []
         return state(directory, clocks.mono, path)
     finally:

@@ -203,6 +203,15 @@ def fallback_lines(log: str) -> list[str]:
     return [line.strip() for line in log.splitlines() if line.strip().startswith(FALLBACK)]
 
 
+def one_fallback_line(install: Install) -> str:
+    """The one fallback line of an install's log (failing with each line's pip step if not
+    exactly one)."""
+    lines = fallback_lines(install.log)
+    steps = "\n".join(fallback_steps(install.log)) or tail(install.log)
+    assert len(lines) == 1, f"{len(lines)} fallback lines, by pip step:\n{steps}"
+    return lines[0]
+
+
 def fallback_steps(log: str) -> list[str]:
     """The fallback lines, each with the pip step (build backend hook) that printed it."""
     step, found = "(before pip's first step)", []
@@ -490,11 +499,9 @@ def test_other_python_builds_and_runs_the_compiled_hot_path(other: Other, tmp_pa
 
 @pytest.mark.timeout(TEST_TIMEOUT)
 def test_no_compiler_install_says_so_in_one_line(no_compiler: Install) -> None:
-    lines = fallback_lines(no_compiler.log)
-    steps = "\n".join(fallback_steps(no_compiler.log)) or tail(no_compiler.log)
-    assert len(lines) == 1, f"{len(lines)} fallback lines, by pip step:\n{steps}"
-    assert "/nonexistent/cc" in lines[0], lines[0]
-    assert lines[0].endswith("; the pure-Python one will be used"), lines[0]
+    line = one_fallback_line(no_compiler)
+    assert "/nonexistent/cc" in line, line
+    assert line.endswith("; the pure-Python one will be used"), line
 
 
 @pytest.mark.timeout(TEST_TIMEOUT)
@@ -517,10 +524,8 @@ def test_no_compiler_install_runs_the_python_hot_path(no_compiler: Install, tmp_
 
 @pytest.mark.timeout(TEST_TIMEOUT)
 def test_no_extension_install_says_so_in_one_line(no_extension: Install) -> None:
-    lines = fallback_lines(no_extension.log)
-    steps = "\n".join(fallback_steps(no_extension.log)) or tail(no_extension.log)
-    assert len(lines) == 1, f"{len(lines)} fallback lines, by pip step:\n{steps}"
-    assert "WORKERMETER_NO_EXTENSION is set" in lines[0], lines[0]
+    line = one_fallback_line(no_extension)
+    assert "WORKERMETER_NO_EXTENSION is set" in line, line
 
 
 @pytest.mark.timeout(TEST_TIMEOUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ import requests
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import parser as openmetrics
 
-from conftest import WALL_START, FakeClock
+from conftest import WALL_START, FakeClock, switching_often
 from promtext import Samples, parse, total, value
 from workermeter import WSGIMiddleware
 from workermeter.layout import HEADER_WORDS
@@ -767,9 +766,7 @@ def test_threads_give_exact_totals(store_dir: Path) -> None:
             failures.append(e)
 
     threads = [threading.Thread(target=serve) for _ in range(nthreads)]
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often, in the middle of requests
-    try:
+    with switching_often():
         for t in threads:
             t.start()
         start.wait()
@@ -777,8 +774,6 @@ def test_threads_give_exact_totals(store_dir: Path) -> None:
         assert 0 <= total(during, REQUESTS) <= nthreads * each
         for t in threads:
             t.join(60)
-    finally:
-        sys.setswitchinterval(switch)
     assert failures == []
 
     before = time.time()
